@@ -1,0 +1,22 @@
+//! keyward's domain: key format, digests, permission expressions, checks, and the storage trait.
+//!
+//! Nothing here knows about HTTP or SQL. The server and the stores depend on this crate,
+//! never the other way round.
+
+pub mod clock;
+pub mod digest;
+pub mod duration;
+pub mod error;
+pub mod id;
+pub mod keyfmt;
+pub mod model;
+pub mod perm;
+pub mod secret;
+// pub mod service; // being written
+pub mod store;
+pub mod verify;
+
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use error::{Error, StoreError};
+pub use secret::KeyMaterial;
+pub use store::Store;

@@ -1,0 +1,108 @@
+//! The storage trait. `keyward-store` implements it on SQLite and PostgreSQL; the same
+//! conformance suite runs against both.
+//!
+//! Every method that takes a `workspace_id` must scope its query to it: an object of another
+//! workspace is reported exactly like a missing one. Soft-deleted apis and projects are
+//! invisible to every method (except that their revoked keys stay readable by id).
+
+use crate::error::StoreError;
+use crate::model::{
+    Api, Key, KeyDigest, KeyFilter, Listing, Page, Project, RootKey, VerifyRecord, Workspace,
+};
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip used by `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- workspaces -------------------------------------------------------------------
+
+    /// Returns the workspace named `name`, creating it (with `new_id`) if missing.
+    /// Safe to call concurrently from several processes.
+    async fn ensure_workspace(
+        &self,
+        name: &str,
+        new_id: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<Workspace>;
+    async fn get_workspace(&self, id: &str) -> StoreResult<Option<Workspace>>;
+
+    // --- root keys --------------------------------------------------------------------
+
+    /// `Conflict` if the digest already exists.
+    async fn insert_root_key(&self, key: &RootKey) -> StoreResult<()>;
+    /// Looks up by digest bytes (unique across versions). Returns revoked keys too.
+    async fn find_root_key(&self, digest: &[u8; 32]) -> StoreResult<Option<RootKey>>;
+    async fn get_root_key(&self, workspace_id: &str, id: &str) -> StoreResult<Option<RootKey>>;
+    /// Oldest first, ids greater than `page.after`, at most `page.limit + 1` rows fetched to
+    /// fill `next`. Revoked root keys are included.
+    async fn list_root_keys(
+        &self,
+        workspace_id: &str,
+        page: &Page,
+    ) -> StoreResult<Listing<RootKey>>;
+    /// Sets `revoked_at` if not yet set; returns the key as now stored, `None` if missing.
+    async fn revoke_root_key(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<Option<RootKey>>;
+
+    // --- apis -------------------------------------------------------------------------
+
+    async fn insert_api(&self, api: &Api) -> StoreResult<()>;
+    async fn get_api(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Api>>;
+    async fn list_apis(&self, workspace_id: &str, page: &Page) -> StoreResult<Listing<Api>>;
+    /// Replaces every mutable field of the stored api with `api`'s (matched by workspace and
+    /// id). Returns false if there is no such live api.
+    async fn update_api(&self, api: &Api) -> StoreResult<bool>;
+    /// Soft-deletes the api and revokes all of its keys in one transaction.
+    /// Returns false if there is no such live api.
+    async fn delete_api(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<bool>;
+
+    // --- projects ---------------------------------------------------------------------
+
+    async fn insert_project(&self, project: &Project) -> StoreResult<()>;
+    async fn get_project(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Project>>;
+    async fn list_projects(&self, workspace_id: &str, page: &Page)
+        -> StoreResult<Listing<Project>>;
+    async fn update_project(&self, project: &Project) -> StoreResult<bool>;
+    /// Soft-deletes the project and revokes all of its keys in one transaction.
+    async fn delete_project(
+        &self,
+        workspace_id: &str,
+        id: &str,
+        at: OffsetDateTime,
+    ) -> StoreResult<bool>;
+
+    // --- keys -------------------------------------------------------------------------
+
+    /// `Conflict` if the digest already exists. Durable when it returns.
+    async fn insert_key(&self, key: &Key) -> StoreResult<()>;
+    async fn get_key(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Key>>;
+    /// Oldest first, filtered, paginated by id like the other listings.
+    async fn list_keys(
+        &self,
+        workspace_id: &str,
+        filter: &KeyFilter,
+        page: &Page,
+    ) -> StoreResult<Listing<Key>>;
+    /// Replaces every mutable field of the stored key (name, state, state_reason, permissions,
+    /// roles, meta, expires_at, rate_limits, usage_limit, restrictions, rotated_from,
+    /// rotated_to, updated_at, revoked_at, last_used_at).
+    /// Security: never un-revokes — returns false if the stored key is revoked or missing.
+    async fn update_key(&self, key: &Key) -> StoreResult<bool>;
+    /// The key with this digest (bytes are unique across versions), with its api and project,
+    /// in one round trip. Keys of deleted apis are not returned.
+    async fn find_key(&self, digest: &KeyDigest) -> StoreResult<Option<VerifyRecord>>;
+}
