@@ -1,1 +1,481 @@
-//! (being written)
+//! Peppers and key digests: keys are stored only as HMAC-SHA256 under a versioned server secret.
+//!
+//! The highest pepper version digests new keys; older versions stay loaded so keys made under
+//! them keep verifying ([`Peppers::candidates`]), and [`DigestVersion::Sha256`] covers keys
+//! imported from systems that stored a plain SHA-256.
+//!
+//! # Pepper file
+//!
+//! One line per version, `v{n}:{64 lower- or upper-case hex digits}`, e.g.
+//!
+//! ```text
+//! v1:3f9c…(64 hex digits)…
+//! v2:a07b…
+//! ```
+//!
+//! Blank lines and lines starting with `#` are ignored. The file must not be readable by group
+//! or others (mode `0600`); [`Peppers::load_or_create`] creates it that way with a fresh `v1`.
+//! To rotate, append a line with a higher version and restart: new keys use it at once, old
+//! keys keep working.
+
+use crate::model::{DigestVersion, KeyDigest};
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+type HmacSha256 = Hmac<Sha256>;
+
+struct Pepper {
+    version: u32,
+    /// Kept so the set can be written back out; the hot path uses `mac`.
+    secret: Zeroizing<[u8; 32]>,
+    /// HMAC already keyed with `secret`: cloning it skips the ipad/opad key schedule that
+    /// `new_from_slice` would redo on every digest.
+    mac: HmacSha256,
+}
+
+impl Pepper {
+    fn digest(&self, key: &str) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(key.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// The server's peppers, newest first. The first one is current.
+pub struct Peppers {
+    /// Never empty; sorted by version, highest first.
+    peppers: Vec<Pepper>,
+}
+
+impl fmt::Debug for Peppers {
+    // Security: versions only, never secret bytes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let versions: Vec<u32> = self.peppers.iter().map(|p| p.version).collect();
+        f.debug_struct("Peppers")
+            .field("versions", &versions)
+            .field("secrets", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Peppers {
+    /// A set of peppers: non-empty, versions unique and ≥ 1. The highest version is current.
+    pub fn new(versions: Vec<(u32, [u8; 32])>) -> Result<Self, String> {
+        // Security: wipe the caller's copies we were handed by value.
+        let versions: Vec<(u32, Zeroizing<[u8; 32]>)> = versions
+            .into_iter()
+            .map(|(v, mut bytes)| {
+                let kept = Zeroizing::new(bytes);
+                zeroize::Zeroize::zeroize(&mut bytes);
+                (v, kept)
+            })
+            .collect();
+        Self::from_zeroizing(versions)
+    }
+
+    fn from_zeroizing(versions: Vec<(u32, Zeroizing<[u8; 32]>)>) -> Result<Self, String> {
+        if versions.is_empty() {
+            return Err("at least one pepper is required".to_owned());
+        }
+        let mut peppers = Vec::with_capacity(versions.len());
+        for (version, secret) in versions {
+            if version == 0 {
+                return Err("pepper versions start at 1".to_owned());
+            }
+            if peppers.iter().any(|p: &Pepper| p.version == version) {
+                return Err(format!("pepper version {version} appears twice"));
+            }
+            let mac = HmacSha256::new_from_slice(secret.as_ref())
+                .map_err(|_| "pepper could not key HMAC-SHA256".to_owned())?;
+            peppers.push(Pepper {
+                version,
+                secret,
+                mac,
+            });
+        }
+        peppers.sort_by_key(|p| std::cmp::Reverse(p.version));
+        Ok(Self { peppers })
+    }
+
+    /// 32 fresh bytes from the operating system's CSPRNG.
+    pub fn generate_secret() -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        bytes
+    }
+
+    fn current(&self) -> Option<&Pepper> {
+        self.peppers.first()
+    }
+
+    /// The version new keys are digested under.
+    pub fn current_version(&self) -> u32 {
+        self.current().map_or(0, |p| p.version)
+    }
+
+    /// All loaded versions, highest first.
+    pub fn versions(&self) -> Vec<u32> {
+        self.peppers.iter().map(|p| p.version).collect()
+    }
+
+    /// The digest to store for a new key: HMAC-SHA256 under the current pepper.
+    pub fn digest(&self, key: &str) -> KeyDigest {
+        match self.current() {
+            Some(p) => KeyDigest {
+                version: DigestVersion::Hmac(p.version),
+                bytes: p.digest(key),
+            },
+            // Unreachable by construction (never empty); fall back to something that can
+            // never collide with a peppered digest rather than panic.
+            None => sha256_digest(key),
+        }
+    }
+
+    /// Every digest a stored key could have: the current pepper first, then older peppers
+    /// (newest first), then plain SHA-256 for imported keys. Look them up in this order.
+    pub fn candidates(&self, key: &str) -> Vec<KeyDigest> {
+        let mut out = Vec::with_capacity(self.peppers.len() + 1);
+        out.extend(self.peppers.iter().map(|p| KeyDigest {
+            version: DigestVersion::Hmac(p.version),
+            bytes: p.digest(key),
+        }));
+        out.push(sha256_digest(key));
+        out
+    }
+
+    /// Whether `key` has the `stored` digest, recomputed under the stored version and
+    /// compared in constant time. An unknown pepper version never matches.
+    pub fn matches(&self, key: &str, stored: &KeyDigest) -> bool {
+        let computed = match stored.version {
+            DigestVersion::Hmac(v) => match self.peppers.iter().find(|p| p.version == v) {
+                Some(p) => p.digest(key),
+                None => return false,
+            },
+            DigestVersion::Sha256 => sha256_digest(key).bytes,
+        };
+        ct_eq(&computed, &stored.bytes)
+    }
+
+    /// Reads the pepper file, or creates it (and its parent directories) with a fresh `v1`,
+    /// mode `0600`, if it does not exist. A file readable by group or others is refused.
+    pub fn load_or_create(path: &Path) -> io::Result<Self> {
+        match std::fs::File::open(path) {
+            Ok(file) => Self::load(path, file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match Self::create(path) {
+                // Another process won the race to create it: read theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Self::load(path, std::fs::File::open(path)?)
+                }
+                other => other,
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn load(path: &Path, mut file: std::fs::File) -> io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        // Security: checked on the open handle, so the file checked is the file read.
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "pepper file {} is accessible by group or others (mode {:04o}); \
+                     run `chmod 600` on it",
+                    path.display(),
+                    mode & 0o7777
+                ),
+            ));
+        }
+        let mut text = Zeroizing::new(String::new());
+        file.read_to_string(&mut text)?;
+        Self::parse_file_contents(&text).map_err(|message| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("pepper file {}: {message}", path.display()),
+            )
+        })
+    }
+
+    fn create(path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let secret = Zeroizing::new(Self::generate_secret());
+        let mut line = Zeroizing::new(String::with_capacity(4 + 64 + 1));
+        line.push_str("v1:");
+        push_hex(&mut line, secret.as_ref());
+        line.push('\n');
+        // Security: mode 0600 from the first byte; `create_new` never follows a planted file.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.write_all(line.as_bytes())?;
+        file.sync_all()?;
+        Self::from_zeroizing(vec![(1, secret)])
+            .map_err(|m| io::Error::new(io::ErrorKind::InvalidData, m))
+    }
+
+    /// Parses the pepper file format (see the module docs). Errors name the line number,
+    /// never its content.
+    pub fn parse_file_contents(s: &str) -> Result<Self, String> {
+        let mut versions = Vec::new();
+        for (i, raw) in s.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((tag, hex)) = line.split_once(':') else {
+                return Err(format!("line {n}: expected `v<version>:<64 hex digits>`"));
+            };
+            let version = tag
+                .strip_prefix('v')
+                .and_then(|v| v.parse::<u32>().ok())
+                .filter(|&v| v >= 1)
+                .ok_or_else(|| format!("line {n}: version must be `v` and an integer ≥ 1"))?;
+            let secret = decode_hex_32(hex.trim())
+                .ok_or_else(|| format!("line {n}: secret must be exactly 64 hex digits"))?;
+            if versions.iter().any(|(v, _)| *v == version) {
+                return Err(format!("line {n}: version {version} appears twice"));
+            }
+            versions.push((version, secret));
+        }
+        if versions.is_empty() {
+            return Err("no pepper found (expected lines `v<version>:<64 hex digits>`)".to_owned());
+        }
+        Self::from_zeroizing(versions)
+    }
+
+    /// The set in the pepper file format, for writing after adding a version.
+    pub fn to_file_contents(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::with_capacity(self.peppers.len() * 80));
+        for p in self.peppers.iter().rev() {
+            out.push('v');
+            out.push_str(&p.version.to_string());
+            out.push(':');
+            push_hex(&mut out, p.secret.as_ref());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Plain SHA-256 of the key, the digest of imported keys.
+fn sha256_digest(key: &str) -> KeyDigest {
+    KeyDigest {
+        version: DigestVersion::Sha256,
+        bytes: Sha256::digest(key.as_bytes()).into(),
+    }
+}
+
+/// Constant-time equality of two digests.
+pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        for nibble in [b >> 4, b & 0x0f] {
+            out.push(char::from(
+                HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+}
+
+fn decode_hex_32(s: &str) -> Option<Zeroizing<[u8; 32]>> {
+    fn val(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let bytes = s.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = Zeroizing::new([0u8; 32]);
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let [hi, lo] = pair else { return None };
+        *slot = (val(*hi)? << 4) | val(*lo)?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn peppers(vs: &[(u32, u8)]) -> Peppers {
+        Peppers::new(vs.iter().map(|&(v, b)| (v, [b; 32])).collect()).expect("valid")
+    }
+
+    #[test]
+    fn ct_eq_tells_equal_from_different_digests() {
+        let a = [7u8; 32];
+        let mut b = a;
+        assert!(ct_eq(&a, &b));
+        b[31] ^= 1;
+        assert!(!ct_eq(&a, &b));
+        b = a;
+        b[0] ^= 0x80;
+        assert!(!ct_eq(&a, &b));
+    }
+
+    #[test]
+    fn debug_never_prints_pepper_bytes() {
+        let p = Peppers::new(vec![(1, [0xab; 32]), (2, [0xcd; 32])]).expect("valid");
+        let shown = format!("{p:?} {p:#?}");
+        assert!(!shown.to_lowercase().contains("abab"), "{shown}");
+        assert!(!shown.contains("171"), "{shown}"); // 0xab in decimal
+        assert!(!shown.contains("205"), "{shown}"); // 0xcd in decimal
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn digest_is_hmac_sha256_under_the_current_pepper() {
+        let p = peppers(&[(1, 1), (3, 3), (2, 2)]);
+        assert_eq!(p.current_version(), 3);
+        assert_eq!(p.versions(), vec![3, 2, 1]);
+        let d = p.digest("kw_abc");
+        assert_eq!(d.version, DigestVersion::Hmac(3));
+        let mut reference = HmacSha256::new_from_slice(&[3; 32]).expect("any length");
+        reference.update(b"kw_abc");
+        let expected: [u8; 32] = reference.finalize().into_bytes().into();
+        assert_eq!(d.bytes, expected);
+        // The pre-keyed clone gives the same result every time.
+        assert_eq!(p.digest("kw_abc"), d);
+        assert_ne!(p.digest("kw_abd"), d);
+    }
+
+    #[test]
+    fn rotated_pepper_still_finds_keys_digested_under_the_old_one() {
+        let v1 = peppers(&[(1, 1)]);
+        let stored = v1.digest("orders_secret");
+        let rotated = peppers(&[(1, 1), (2, 2)]);
+        let candidates = rotated.candidates("orders_secret");
+        assert_eq!(candidates.len(), 3);
+        assert_eq!(candidates[0].version, DigestVersion::Hmac(2));
+        assert_eq!(candidates[1], stored);
+        assert_eq!(candidates[2].version, DigestVersion::Sha256);
+        assert!(rotated.matches("orders_secret", &stored));
+        assert!(rotated.matches("orders_secret", &candidates[0]));
+        assert!(!rotated.matches("orders_secreT", &stored));
+        assert_eq!(
+            rotated.digest("orders_secret").version,
+            DigestVersion::Hmac(2)
+        );
+    }
+
+    #[test]
+    fn imported_sha256_digests_match_and_unknown_versions_do_not() {
+        let p = peppers(&[(1, 1)]);
+        let imported = KeyDigest {
+            version: DigestVersion::Sha256,
+            bytes: Sha256::digest(b"legacy_key").into(),
+        };
+        assert!(p.matches("legacy_key", &imported));
+        let unknown = KeyDigest {
+            version: DigestVersion::Hmac(9),
+            bytes: p.digest("legacy_key").bytes,
+        };
+        assert!(!p.matches("legacy_key", &unknown));
+    }
+
+    #[test]
+    fn invalid_pepper_sets_are_refused() {
+        assert!(Peppers::new(vec![]).is_err());
+        assert!(Peppers::new(vec![(0, [1; 32])]).is_err());
+        assert!(Peppers::new(vec![(1, [1; 32]), (1, [2; 32])]).is_err());
+    }
+
+    #[test]
+    fn pepper_file_round_trips_and_errors_name_the_line_not_the_secret() {
+        let p = peppers(&[(1, 0x11), (2, 0x22)]);
+        let text = p.to_file_contents();
+        let back = Peppers::parse_file_contents(&text).expect("round trip");
+        assert_eq!(back.versions(), vec![2, 1]);
+        assert_eq!(back.digest("k"), p.digest("k"));
+
+        let upper = format!("# comment\n\nv5:{}\n", "AB".repeat(32));
+        assert_eq!(
+            Peppers::parse_file_contents(&upper)
+                .expect("upper-case hex")
+                .current_version(),
+            5
+        );
+
+        let secret = "cd".repeat(31);
+        for (bad, line) in [
+            (format!("v1:{secret}"), "line 1"),
+            (format!("# c\nv1:{secret}zz"), "line 2"),
+            (format!("v0:{secret}ab"), "line 1"),
+            (format!("x1:{secret}ab"), "line 1"),
+            (format!("v1{secret}ab"), "line 1"),
+            (format!("v1:{secret}ab\nv1:{secret}ab"), "line 2"),
+        ] {
+            let err = Peppers::parse_file_contents(&bad).expect_err(&bad);
+            assert!(err.contains(line), "{err}");
+            assert!(!err.contains("cdcd"), "{err}");
+        }
+        assert!(Peppers::parse_file_contents("").is_err());
+    }
+
+    #[test]
+    fn pepper_file_is_created_with_mode_0600_and_reloaded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested").join("pepper");
+        let created = Peppers::load_or_create(&path).expect("created");
+        assert_eq!(created.current_version(), 1);
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let reloaded = Peppers::load_or_create(&path).expect("reloaded");
+        assert_eq!(reloaded.digest("kw_x"), created.digest("kw_x"));
+    }
+
+    #[test]
+    fn pepper_file_readable_by_others_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pepper");
+        Peppers::load_or_create(&path).expect("created");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = Peppers::load_or_create(&path).expect_err("refused");
+        assert!(err.to_string().contains("group or others"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_pepper_file_is_invalid_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pepper");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .expect("create");
+            f.write_all(b"v1:nothex\n").expect("write");
+        }
+        let err = Peppers::load_or_create(&path).expect_err("invalid");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}
