@@ -3,8 +3,14 @@
 //! Checks run in the order of [`Code`]'s declaration (after `Valid`); limits and quota are
 //! charged only when every earlier check passed.
 
-use crate::model::Meta;
+use crate::model::{KeyState, Meta, Restrictions, VerifyRecord, VerifyRequest};
+use crate::perm::Expr;
+use dashmap::DashMap;
+use ipnet::IpNet;
 use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -131,6 +137,1009 @@ impl VerifyResponse {
             usage: None,
             rate_limits: Vec::new(),
             explain: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The key cache
+
+/// What the cache holds for one key: the record plus what every verification would otherwise
+/// recompute — the effective permissions and the parsed IP allow-list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedKey {
+    pub record: VerifyRecord,
+    /// The key's own permissions plus those of its roles (from `api.roles`), deduplicated,
+    /// in that order. Roles the api does not define contribute nothing.
+    pub effective_permissions: Vec<String>,
+    /// `restrictions.ips` parsed; `None` when the key has no IP restriction. Entries that do
+    /// not parse are dropped, so a list of only bad entries allows nothing (fails closed).
+    ips: Option<Vec<IpNet>>,
+}
+
+impl CachedKey {
+    pub fn new(record: VerifyRecord) -> Self {
+        let mut effective: Vec<String> = Vec::with_capacity(record.key.permissions.len());
+        let roles = record
+            .key
+            .roles
+            .iter()
+            .filter_map(|role| record.api.roles.get(role))
+            .flatten();
+        for p in record.key.permissions.iter().chain(roles) {
+            if !effective.contains(p) {
+                effective.push(p.clone());
+            }
+        }
+        let ips = record
+            .key
+            .restrictions
+            .as_ref()
+            .and_then(|r| r.ips.as_ref())
+            .map(|list| list.iter().filter_map(|e| parse_ip_entry(e)).collect());
+        Self {
+            record,
+            effective_permissions: effective,
+            ips,
+        }
+    }
+}
+
+/// An allow-list entry: an address (`203.0.113.7`) or a CIDR block (`10.0.0.0/8`).
+fn parse_ip_entry(entry: &str) -> Option<IpNet> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+        .ok()
+}
+
+/// The in-memory key cache, keyed by digest bytes.
+///
+/// # Why a fill can never resurrect a stale record
+///
+/// A verification that misses reads [`KeyCache::epoch`] *before* loading from the store and
+/// passes it to [`KeyCache::fill`]. A change is committed to the store first and invalidated
+/// here second; every invalidation bumps the epoch *first* and removes entries *second*
+/// (removal takes the shard's write lock). `fill` compares the epoch and inserts while holding
+/// the write lock of the entry's shard. So for a fill racing an invalidation, either:
+///
+/// - the bump came before fill's comparison: the epochs differ, nothing is cached; or
+/// - the comparison came before the bump: the insert happened under the shard lock before the
+///   bump, hence before the removal, which takes that same lock afterwards and removes it.
+///
+/// And a record loaded before the change committed was loaded after an epoch read that
+/// precedes the change's bump, so it falls in one of these two cases. The cost is that any
+/// invalidation makes concurrent fills skip caching once (they still answer correctly).
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    map: DashMap<[u8; 32], Arc<CachedKey>>,
+    epoch: AtomicU64,
+}
+
+impl KeyCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, digest: &[u8; 32]) -> Option<Arc<CachedKey>> {
+        self.map.get(digest).map(|e| Arc::clone(e.value()))
+    }
+
+    /// The current epoch. Read it before loading a record from the store.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Caches `record` under its key's digest unless something was invalidated since
+    /// `epoch_before_load`; returns the entry either way.
+    pub fn fill(&self, record: VerifyRecord, epoch_before_load: u64) -> Arc<CachedKey> {
+        let digest = record.key.digest.bytes;
+        let cached = Arc::new(CachedKey::new(record));
+        // The entry guard holds the shard's write lock across the check and the insert.
+        let entry = self.map.entry(digest);
+        if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
+            entry.insert(Arc::clone(&cached));
+        }
+        cached
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Forgets one key. Bumps the epoch.
+    pub fn invalidate_key(&self, digest: &[u8; 32]) {
+        self.bump();
+        self.map.remove(digest);
+    }
+
+    /// Forgets one key by id (for change feeds that carry ids, not digests). Bumps the epoch.
+    pub fn invalidate_key_id(&self, key_id: &str) {
+        self.bump();
+        self.map.retain(|_, k| k.record.key.id != key_id);
+    }
+
+    /// Forgets every key of an api. Bumps the epoch.
+    pub fn invalidate_api(&self, api_id: &str) {
+        self.bump();
+        self.map.retain(|_, k| k.record.api.id != api_id);
+    }
+
+    /// Forgets every key of a project. Bumps the epoch.
+    pub fn invalidate_project(&self, project_id: &str) {
+        self.bump();
+        self.map.retain(|_, k| {
+            k.record.key.project_id.as_deref() != Some(project_id)
+                && k.record.project.as_ref().map(|p| p.id.as_str()) != Some(project_id)
+        });
+    }
+
+    /// Forgets everything. Bumps the epoch.
+    pub fn clear(&self) {
+        self.bump();
+        self.map.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The checks after lookup
+
+/// Runs the checks that follow a successful lookup, in DESIGN §4 order: REVOKED, DISABLED,
+/// EXPIRED (`expires_at <= now`), FORBIDDEN (restrictions), INSUFFICIENT_PERMISSIONS (`expr`
+/// against the effective permissions). Rate limits and quota are not checked here.
+///
+/// Every response carries the key's details. With `explain`, one [`CheckResult`] per check
+/// run (starting with `format` and `exists`, which passed to get here), stopping at the first
+/// failure. Nothing is allocated on the way to VALID except the response itself.
+pub fn evaluate(
+    key: &CachedKey,
+    req: &VerifyRequest,
+    expr: Option<&Expr>,
+    now: OffsetDateTime,
+    explain: bool,
+) -> VerifyResponse {
+    let mut steps = explain.then(|| {
+        vec![
+            step("format", true, "key is well-formed".to_owned()),
+            step("exists", true, "key found for this api".to_owned()),
+        ]
+    });
+    let k = &key.record.key;
+
+    let code = 'checks: {
+        let revoked = k.state == KeyState::Revoked;
+        if let Some(steps) = steps.as_mut() {
+            let reason = match (revoked, k.revoked_at) {
+                (false, _) => "key is not revoked".to_owned(),
+                (true, Some(at)) => format!("key was revoked at {}", rfc3339(at)),
+                (true, None) => "key was revoked".to_owned(),
+            };
+            steps.push(step("revoked", !revoked, reason));
+        }
+        if revoked {
+            break 'checks Code::Revoked;
+        }
+
+        let disabled = k.state == KeyState::Disabled;
+        if let Some(steps) = steps.as_mut() {
+            let reason = match (disabled, &k.state_reason) {
+                (false, _) => "key is enabled".to_owned(),
+                (true, Some(why)) => format!("key is disabled: {why}"),
+                (true, None) => "key is disabled".to_owned(),
+            };
+            steps.push(step("enabled", !disabled, reason));
+        }
+        if disabled {
+            break 'checks Code::Disabled;
+        }
+
+        let expired = k.expires_at.is_some_and(|at| at <= now);
+        if let Some(steps) = steps.as_mut() {
+            let reason = match k.expires_at {
+                None => "key does not expire".to_owned(),
+                Some(at) if expired => format!("key expired at {}", rfc3339(at)),
+                Some(at) => format!("key expires at {}", rfc3339(at)),
+            };
+            steps.push(step("expiry", !expired, reason));
+        }
+        if expired {
+            break 'checks Code::Expired;
+        }
+
+        let failed = check_restrictions(key, req);
+        if let Some(steps) = steps.as_mut() {
+            let reason = match failed {
+                None if k.restrictions.is_none() => "key has no restrictions".to_owned(),
+                None => "request matches the key's restrictions".to_owned(),
+                Some(f) => f.reason(req),
+            };
+            steps.push(step("restrictions", failed.is_none(), reason));
+        }
+        if failed.is_some() {
+            break 'checks Code::Forbidden;
+        }
+
+        let allowed = expr.is_none_or(|e| e.eval(&key.effective_permissions));
+        if let Some(steps) = steps.as_mut() {
+            let reason = match expr {
+                None => "no permissions required".to_owned(),
+                Some(e) if allowed => format!("key satisfies {e}"),
+                Some(e) => format!(
+                    "missing permissions: {}",
+                    e.missing(&key.effective_permissions).join(", ")
+                ),
+            };
+            steps.push(step("permissions", allowed, reason));
+        }
+        if !allowed {
+            break 'checks Code::InsufficientPermissions;
+        }
+        Code::Valid
+    };
+
+    let mut resp = with_details(key, code);
+    resp.explain = steps;
+    resp
+}
+
+fn step(check: &str, passed: bool, reason: String) -> CheckResult {
+    CheckResult {
+        check: check.to_owned(),
+        passed,
+        reason,
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// A response carrying the key's details, for VALID and every denial after NOT_FOUND.
+fn with_details(key: &CachedKey, code: Code) -> VerifyResponse {
+    let k = &key.record.key;
+    VerifyResponse {
+        valid: code == Code::Valid,
+        code,
+        key_id: Some(k.id.clone()),
+        api_id: Some(k.api_id.clone()),
+        project_id: k.project_id.clone(),
+        name: Some(k.name.clone()),
+        external_id: key
+            .record
+            .project
+            .as_ref()
+            .and_then(|p| p.external_id.clone()),
+        permissions: Some(key.effective_permissions.clone()),
+        meta: Some(k.meta.clone()),
+        expires_at: k.expires_at,
+        usage: None,
+        rate_limits: Vec::new(),
+        explain: None,
+    }
+}
+
+/// Which restriction failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// The list exists but the request did not carry the field.
+    Missing(&'static str),
+    /// The request's field is not in the list.
+    NoMatch(&'static str),
+}
+
+impl Failed {
+    fn reason(self, req: &VerifyRequest) -> String {
+        match self {
+            Failed::Missing(field) => {
+                format!("key is restricted by {field}, but the request has no {field}")
+            }
+            Failed::NoMatch(field) => {
+                let value = match field {
+                    "ip" => req.ip.as_deref(),
+                    "origin" => req.origin.as_deref(),
+                    "method" => req.method.as_deref(),
+                    _ => req.path.as_deref(),
+                }
+                .unwrap_or_default();
+                format!("{field} {value:?} is not allowed for this key")
+            }
+        }
+    }
+}
+
+/// The first restriction the request fails, if any. Allocates nothing.
+fn check_restrictions(key: &CachedKey, req: &VerifyRequest) -> Option<Failed> {
+    let r = key.record.key.restrictions.as_ref()?;
+    if let Some(nets) = &key.ips {
+        let Some(ip) = req.ip.as_deref() else {
+            return Some(Failed::Missing("ip"));
+        };
+        // An unparsable request ip matches nothing. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is
+        // compared as the IPv4 address it carries.
+        let ok = ip
+            .trim()
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| nets.iter().any(|n| n.contains(&ip.to_canonical())));
+        if !ok {
+            return Some(Failed::NoMatch("ip"));
+        }
+    }
+    if let Some(origins) = &r.origins {
+        let Some(origin) = req.origin.as_deref() else {
+            return Some(Failed::Missing("origin"));
+        };
+        if !origins.iter().any(|o| o == origin) {
+            return Some(Failed::NoMatch("origin"));
+        }
+    }
+    if let Some(methods) = &r.methods {
+        let Some(method) = req.method.as_deref() else {
+            return Some(Failed::Missing("method"));
+        };
+        if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+            return Some(Failed::NoMatch("method"));
+        }
+    }
+    if let Some(paths) = &r.paths {
+        let Some(path) = req.path.as_deref() else {
+            return Some(Failed::Missing("path"));
+        };
+        if !paths.iter().any(|p| glob_match(p, path)) {
+            return Some(Failed::NoMatch("path"));
+        }
+    }
+    None
+}
+
+/// Longest path pattern, in bytes. Longer patterns are refused by [`validate_restrictions`]
+/// and never match in [`glob_match`].
+pub const MAX_GLOB_LEN: usize = 256;
+/// Most entries in one restriction list.
+pub const MAX_RESTRICTION_ENTRIES: usize = 1000;
+
+/// Matches a request path against a path pattern: `*` matches any run of characters except
+/// `/` (including none), `**` matches any run including `/`; everything else is literal and
+/// case-sensitive. The whole path must match: `/v1/orders/*` matches `/v1/orders/42` but not
+/// `/v1/orders/42/items` (use `/v1/orders/**`) nor `/v1/orders`.
+///
+/// Runs in O(pattern × path) time on the stack (a set of pattern positions advanced once per
+/// path byte), so no pattern can make it backtrack exponentially or allocate.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    let p = pattern.as_bytes();
+    let m = p.len();
+    if m > MAX_GLOB_LEN {
+        return false;
+    }
+    // States are positions in the pattern; `m` is "matched the whole pattern".
+    let mut cur = [false; MAX_GLOB_LEN + 1];
+    let mut next = [false; MAX_GLOB_LEN + 1];
+    enter(&mut cur, p, 0);
+    for &c in path.as_bytes() {
+        next.iter_mut().take(m + 1).for_each(|s| *s = false);
+        let mut any = false;
+        for (i, _) in cur.iter().take(m).enumerate().filter(|(_, &on)| on) {
+            let target = match (star_len(p, i), p.get(i)) {
+                (2, _) => Some(i),
+                (1, _) if c != b'/' => Some(i),
+                (0, Some(&lit)) if lit == c => Some(i + 1),
+                _ => None,
+            };
+            if let Some(t) = target {
+                enter(&mut next, p, t);
+                any = true;
+            }
+        }
+        if !any {
+            return false;
+        }
+        std::mem::swap(&mut cur, &mut next);
+    }
+    cur.get(m).copied().unwrap_or(false)
+}
+
+/// 2 for `**` at `i`, 1 for `*`, 0 otherwise.
+fn star_len(p: &[u8], i: usize) -> usize {
+    match (p.get(i), p.get(i + 1)) {
+        (Some(b'*'), Some(b'*')) => 2,
+        (Some(b'*'), _) => 1,
+        _ => 0,
+    }
+}
+
+/// Adds state `i` and, since a star may match nothing, every state reachable by skipping
+/// stars from it.
+fn enter(set: &mut [bool], p: &[u8], mut i: usize) {
+    while let Some(slot) = set.get_mut(i) {
+        if *slot {
+            return;
+        }
+        *slot = true;
+        match star_len(p, i) {
+            0 => return,
+            n => i += n,
+        }
+    }
+}
+
+/// Checks a key's restrictions; the error names the field (`restrictions.ips`, …) and
+/// what is wrong with it.
+pub fn validate_restrictions(r: &Restrictions) -> Result<(), (String, String)> {
+    fn err(field: &str, message: String) -> Result<(), (String, String)> {
+        Err((format!("restrictions.{field}"), message))
+    }
+    let lists = [
+        ("ips", &r.ips),
+        ("origins", &r.origins),
+        ("methods", &r.methods),
+        ("paths", &r.paths),
+    ];
+    for (field, list) in lists {
+        if let Some(list) = list {
+            if list.is_empty() {
+                return err(
+                    field,
+                    "must not be empty; omit it to allow any value".to_owned(),
+                );
+            }
+            if list.len() > MAX_RESTRICTION_ENTRIES {
+                return err(
+                    field,
+                    format!("must have at most {MAX_RESTRICTION_ENTRIES} entries"),
+                );
+            }
+        }
+    }
+    for ip in r.ips.iter().flatten() {
+        if parse_ip_entry(ip).is_none() {
+            return err(
+                "ips",
+                format!("{ip:?} is not an IP address or CIDR block (e.g. 10.0.0.0/8)"),
+            );
+        }
+    }
+    for origin in r.origins.iter().flatten() {
+        if origin.is_empty() {
+            return err("origins", "an origin must not be empty".to_owned());
+        }
+        if origin.len() > 512 || origin.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return err(
+                "origins",
+                format!("{origin:?} is not an origin (scheme://host[:port])"),
+            );
+        }
+        if origin != "null" && (!origin.contains("://") || origin.ends_with('/')) {
+            return err(
+                "origins",
+                format!(
+                    "{origin:?} is not an origin: expected scheme://host[:port] without a path \
+                     or trailing '/'"
+                ),
+            );
+        }
+    }
+    for method in r.methods.iter().flatten() {
+        if method.is_empty()
+            || method.len() > 32
+            || !method.bytes().all(|b| b.is_ascii_alphabetic())
+        {
+            return err(
+                "methods",
+                format!("{method:?} is not an HTTP method (e.g. GET, POST)"),
+            );
+        }
+    }
+    for path in r.paths.iter().flatten() {
+        if !path.starts_with('/') {
+            return err(
+                "paths",
+                format!("{path:?} must start with '/' (e.g. /v1/orders/*)"),
+            );
+        }
+        if path.len() > MAX_GLOB_LEN {
+            return err(
+                "paths",
+                format!("a path pattern must be at most {MAX_GLOB_LEN} bytes"),
+            );
+        }
+        if path.contains("***") || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return err(
+                "paths",
+                format!(
+                    "{path:?} is not a valid pattern: use '*' within a segment and '**' across \
+                     segments, no spaces"
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Api, ApiPolicies, DigestVersion, Key, KeyDigest, Project};
+    use crate::secret::KeyMaterial;
+    use std::collections::BTreeMap;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2025-01-01 12:00 UTC);
+
+    fn record(digest: u8, api: &str, project: &str) -> VerifyRecord {
+        let mut roles = BTreeMap::new();
+        roles.insert(
+            "reader".to_owned(),
+            vec!["orders.read".to_owned(), "billing.read".to_owned()],
+        );
+        VerifyRecord {
+            key: Key {
+                id: format!("key_{digest}"),
+                workspace_id: "ws_1".to_owned(),
+                api_id: api.to_owned(),
+                project_id: Some(project.to_owned()),
+                name: "test key".to_owned(),
+                start: "kw_abcdef".to_owned(),
+                digest: KeyDigest {
+                    version: DigestVersion::Hmac(1),
+                    bytes: [digest; 32],
+                },
+                state: KeyState::Active,
+                permissions: vec!["orders.read".to_owned(), "orders.write".to_owned()],
+                roles: vec!["reader".to_owned(), "undefined".to_owned()],
+                meta: Meta::new(),
+                expires_at: None,
+                rate_limits: Vec::new(),
+                usage_limit: None,
+                restrictions: None,
+                rotated_from: None,
+                rotated_to: None,
+                state_reason: None,
+                created_at: NOW,
+                updated_at: NOW,
+                revoked_at: None,
+                last_used_at: None,
+            },
+            api: Api {
+                id: api.to_owned(),
+                workspace_id: "ws_1".to_owned(),
+                name: "orders".to_owned(),
+                prefix: "kw".to_owned(),
+                permissions: Vec::new(),
+                roles,
+                default_permissions: Vec::new(),
+                default_rate_limits: Vec::new(),
+                default_usage_limit: None,
+                policies: ApiPolicies::default(),
+                created_at: NOW,
+                updated_at: NOW,
+            },
+            project: Some(Project {
+                id: project.to_owned(),
+                workspace_id: "ws_1".to_owned(),
+                name: "shop".to_owned(),
+                external_id: Some("cus_42".to_owned()),
+                meta: Meta::new(),
+                owner: None,
+                rate_limits: Vec::new(),
+                created_at: NOW,
+                updated_at: NOW,
+            }),
+        }
+    }
+
+    fn request() -> VerifyRequest {
+        VerifyRequest {
+            key: KeyMaterial::new("kw_x".to_owned()),
+            ..VerifyRequest::default()
+        }
+    }
+
+    fn restricted(r: Restrictions) -> CachedKey {
+        let mut rec = record(1, "api_1", "prj_1");
+        rec.key.restrictions = Some(r);
+        CachedKey::new(rec)
+    }
+
+    #[test]
+    fn effective_permissions_add_role_permissions_without_duplicates() {
+        let k = CachedKey::new(record(1, "api_1", "prj_1"));
+        assert_eq!(
+            k.effective_permissions,
+            vec!["orders.read", "orders.write", "billing.read"]
+        );
+    }
+
+    #[test]
+    fn valid_key_returns_its_details() {
+        let k = CachedKey::new(record(1, "api_1", "prj_1"));
+        let resp = evaluate(&k, &request(), None, NOW, false);
+        assert!(resp.valid);
+        assert_eq!(resp.code, Code::Valid);
+        assert_eq!(resp.key_id.as_deref(), Some("key_1"));
+        assert_eq!(resp.api_id.as_deref(), Some("api_1"));
+        assert_eq!(resp.project_id.as_deref(), Some("prj_1"));
+        assert_eq!(resp.external_id.as_deref(), Some("cus_42"));
+        assert_eq!(resp.name.as_deref(), Some("test key"));
+        assert_eq!(resp.permissions.as_ref().map(Vec::len), Some(3));
+        assert!(resp.explain.is_none());
+    }
+
+    #[test]
+    fn checks_run_in_design_order() {
+        let mut rec = record(1, "api_1", "prj_1");
+        rec.key.state = KeyState::Revoked;
+        rec.key.expires_at = Some(NOW);
+        rec.key.restrictions = Some(Restrictions {
+            ips: Some(vec!["10.0.0.0/8".to_owned()]),
+            ..Restrictions::default()
+        });
+        let expr = crate::perm::parse("admin").expect("valid");
+        let req = request();
+        let code = |rec: &VerifyRecord| {
+            evaluate(&CachedKey::new(rec.clone()), &req, Some(&expr), NOW, false).code
+        };
+        assert_eq!(code(&rec), Code::Revoked);
+        rec.key.state = KeyState::Disabled;
+        assert_eq!(code(&rec), Code::Disabled);
+        rec.key.state = KeyState::Active;
+        assert_eq!(code(&rec), Code::Expired);
+        rec.key.expires_at = Some(NOW + time::Duration::milliseconds(1));
+        assert_eq!(code(&rec), Code::Forbidden);
+        rec.key.restrictions = None;
+        assert_eq!(code(&rec), Code::InsufficientPermissions);
+        rec.key.permissions.push("admin".to_owned());
+        assert_eq!(code(&rec), Code::Valid);
+    }
+
+    #[test]
+    fn denials_after_lookup_still_carry_key_details() {
+        let mut rec = record(1, "api_1", "prj_1");
+        rec.key.state = KeyState::Disabled;
+        let resp = evaluate(&CachedKey::new(rec), &request(), None, NOW, false);
+        assert!(!resp.valid);
+        assert_eq!(resp.code, Code::Disabled);
+        assert_eq!(resp.key_id.as_deref(), Some("key_1"));
+        assert_eq!(resp.external_id.as_deref(), Some("cus_42"));
+    }
+
+    #[test]
+    fn explain_lists_each_check_and_stops_at_the_first_failure() {
+        let k = CachedKey::new(record(1, "api_1", "prj_1"));
+        let expr = crate::perm::parse("orders.read AND (admin OR support)").expect("valid");
+        let resp = evaluate(&k, &request(), Some(&expr), NOW, true);
+        assert_eq!(resp.code, Code::InsufficientPermissions);
+        let steps = resp.explain.expect("explained");
+        let names: Vec<&str> = steps.iter().map(|s| s.check.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "format",
+                "exists",
+                "revoked",
+                "enabled",
+                "expiry",
+                "restrictions",
+                "permissions"
+            ]
+        );
+        let last = steps.last().expect("non-empty");
+        assert!(!last.passed);
+        assert_eq!(last.reason, "missing permissions: admin, support");
+        assert!(steps.iter().rev().skip(1).all(|s| s.passed));
+
+        let mut rec = record(1, "api_1", "prj_1");
+        rec.key.expires_at = Some(datetime!(2024-12-31 00:00 UTC));
+        let resp = evaluate(&CachedKey::new(rec), &request(), None, NOW, true);
+        let steps = resp.explain.expect("explained");
+        assert_eq!(steps.len(), 5);
+        let last = steps.last().expect("non-empty");
+        assert_eq!(last.check, "expiry");
+        assert!(!last.passed);
+        assert!(
+            last.reason.contains("2024-12-31T00:00:00Z"),
+            "{}",
+            last.reason
+        );
+    }
+
+    #[test]
+    fn restricted_key_without_the_request_field_is_forbidden() {
+        let k = restricted(Restrictions {
+            origins: Some(vec!["https://app.example.com".to_owned()]),
+            ..Restrictions::default()
+        });
+        let resp = evaluate(&k, &request(), None, NOW, true);
+        assert_eq!(resp.code, Code::Forbidden);
+        let last = resp
+            .explain
+            .and_then(|s| s.last().cloned())
+            .expect("explained");
+        assert!(last.reason.contains("has no origin"), "{}", last.reason);
+
+        let mut req = request();
+        req.origin = Some("https://app.example.com".to_owned());
+        assert_eq!(evaluate(&k, &req, None, NOW, false).code, Code::Valid);
+        req.origin = Some("https://evil.example.com".to_owned());
+        assert_eq!(evaluate(&k, &req, None, NOW, false).code, Code::Forbidden);
+    }
+
+    #[test]
+    fn ip_restrictions_match_addresses_and_cidrs_of_both_families() {
+        let k = restricted(Restrictions {
+            ips: Some(vec![
+                "10.0.0.0/8".to_owned(),
+                "203.0.113.7".to_owned(),
+                "2001:db8::/32".to_owned(),
+                "not an ip".to_owned(),
+            ]),
+            ..Restrictions::default()
+        });
+        let code = |ip: &str| {
+            let mut req = request();
+            req.ip = Some(ip.to_owned());
+            evaluate(&k, &req, None, NOW, false).code
+        };
+        for ok in [
+            "10.1.2.3",
+            "203.0.113.7",
+            "2001:db8::1",
+            "2001:db8:ffff::",
+            "::ffff:10.0.0.1",
+        ] {
+            assert_eq!(code(ok), Code::Valid, "{ok}");
+        }
+        for bad in [
+            "11.0.0.1",
+            "203.0.113.8",
+            "2001:db9::1",
+            "garbage",
+            "",
+            "not an ip",
+        ] {
+            assert_eq!(code(bad), Code::Forbidden, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ip_list_of_only_unparsable_entries_allows_nothing() {
+        let k = restricted(Restrictions {
+            ips: Some(vec!["bogus".to_owned()]),
+            ..Restrictions::default()
+        });
+        let mut req = request();
+        req.ip = Some("10.0.0.1".to_owned());
+        assert_eq!(evaluate(&k, &req, None, NOW, false).code, Code::Forbidden);
+    }
+
+    #[test]
+    fn methods_match_case_insensitively_and_paths_by_glob() {
+        let k = restricted(Restrictions {
+            methods: Some(vec!["GET".to_owned()]),
+            paths: Some(vec!["/v1/orders/*".to_owned()]),
+            ..Restrictions::default()
+        });
+        let code = |m: &str, p: &str| {
+            let mut req = request();
+            req.method = Some(m.to_owned());
+            req.path = Some(p.to_owned());
+            evaluate(&k, &req, None, NOW, false).code
+        };
+        assert_eq!(code("get", "/v1/orders/1"), Code::Valid);
+        assert_eq!(code("POST", "/v1/orders/1"), Code::Forbidden);
+        assert_eq!(code("GET", "/v1/orders/1/items"), Code::Forbidden);
+        assert_eq!(code("GET", "/v1/billing"), Code::Forbidden);
+    }
+
+    #[test]
+    fn glob_matches_reference_cases() {
+        let cases = [
+            ("/v1/orders/*", "/v1/orders/42", true),
+            ("/v1/orders/*", "/v1/orders/", true),
+            ("/v1/orders/*", "/v1/orders", false),
+            ("/v1/orders/*", "/v1/orders/42/items", false),
+            ("/v1/orders/**", "/v1/orders/42/items", true),
+            ("/v1/**/items", "/v1/orders/42/items", true),
+            ("/v1/**/items", "/v1/items", false),
+            ("/v1/*/items", "/v1/orders/items", true),
+            ("/v1/*/items", "/v1/a/b/items", false),
+            ("/files/*.png", "/files/cat.png", true),
+            ("/files/*.png", "/files/cat.jpg", false),
+            ("/files/*.png", "/files/a/cat.png", false),
+            ("/a*b*c", "/aXbYc", true),
+            ("/a*b*c", "/abc", true),
+            ("/a*b*c", "/aXbY/c", false),
+            ("/exact", "/exact", true),
+            ("/exact", "/Exact", false),
+            ("/exact", "/exact/", false),
+            ("/**", "/", true),
+            ("/**", "/anything/at/all", true),
+            ("**", "", true),
+            ("*", "", true),
+            ("", "", true),
+            ("", "/", false),
+            ("/é/*", "/é/x", true),
+        ];
+        for (pattern, path, expected) in cases {
+            assert_eq!(glob_match(pattern, path), expected, "{pattern} vs {path}");
+        }
+        assert!(!glob_match(&format!("/{}", "a".repeat(MAX_GLOB_LEN)), "/a"));
+    }
+
+    #[test]
+    fn glob_with_many_stars_does_not_backtrack_exponentially() {
+        let pattern = format!("{}b", "/*a".repeat(40));
+        let path = format!("/{}", "a".repeat(200));
+        assert!(!glob_match(&pattern, &path));
+        let pattern = format!("{}x", "**a".repeat(60));
+        assert!(!glob_match(&pattern, &"a".repeat(5000)));
+    }
+
+    #[test]
+    fn restriction_validation_names_the_bad_field() {
+        let ok = Restrictions {
+            ips: Some(vec!["10.0.0.0/8".to_owned(), "::1".to_owned()]),
+            origins: Some(vec![
+                "https://app.example.com".to_owned(),
+                "null".to_owned(),
+            ]),
+            methods: Some(vec!["GET".to_owned(), "post".to_owned()]),
+            paths: Some(vec!["/v1/orders/*".to_owned(), "/**".to_owned()]),
+        };
+        assert_eq!(validate_restrictions(&ok), Ok(()));
+        assert_eq!(validate_restrictions(&Restrictions::default()), Ok(()));
+
+        let cases = [
+            (
+                Restrictions {
+                    ips: Some(vec!["10.0.0.0/33".to_owned()]),
+                    ..Default::default()
+                },
+                "restrictions.ips",
+            ),
+            (
+                Restrictions {
+                    ips: Some(vec![]),
+                    ..Default::default()
+                },
+                "restrictions.ips",
+            ),
+            (
+                Restrictions {
+                    origins: Some(vec![String::new()]),
+                    ..Default::default()
+                },
+                "restrictions.origins",
+            ),
+            (
+                Restrictions {
+                    origins: Some(vec!["https://a.example/".to_owned()]),
+                    ..Default::default()
+                },
+                "restrictions.origins",
+            ),
+            (
+                Restrictions {
+                    methods: Some(vec!["GE T".to_owned()]),
+                    ..Default::default()
+                },
+                "restrictions.methods",
+            ),
+            (
+                Restrictions {
+                    paths: Some(vec!["v1/orders".to_owned()]),
+                    ..Default::default()
+                },
+                "restrictions.paths",
+            ),
+            (
+                Restrictions {
+                    paths: Some(vec![format!("/{}", "a".repeat(MAX_GLOB_LEN))]),
+                    ..Default::default()
+                },
+                "restrictions.paths",
+            ),
+        ];
+        for (r, field) in cases {
+            let (f, message) = validate_restrictions(&r).expect_err(field);
+            assert_eq!(f, field, "{message}");
+            assert!(!message.is_empty());
+        }
+    }
+
+    #[test]
+    fn cache_fill_then_get_and_invalidate_key() {
+        let cache = KeyCache::new();
+        assert!(cache.is_empty());
+        let e = cache.epoch();
+        let filled = cache.fill(record(1, "api_1", "prj_1"), e);
+        let got = cache.get(&[1; 32]).expect("cached");
+        assert!(Arc::ptr_eq(&filled, &got));
+        assert_eq!(cache.len(), 1);
+        cache.invalidate_key(&[1; 32]);
+        assert!(cache.get(&[1; 32]).is_none());
+        assert!(cache.epoch() > e);
+    }
+
+    #[test]
+    fn invalidation_between_epoch_and_fill_is_not_cached() {
+        let cache = KeyCache::new();
+        let e = cache.epoch();
+        // A change is committed and invalidated while the record is being loaded.
+        cache.invalidate_key(&[1; 32]);
+        let fresh = cache.fill(record(1, "api_1", "prj_1"), e);
+        assert_eq!(fresh.record.key.id, "key_1");
+        assert!(cache.get(&[1; 32]).is_none());
+        assert!(cache.is_empty());
+        // The next miss caches normally.
+        let e = cache.epoch();
+        cache.fill(record(1, "api_1", "prj_1"), e);
+        assert!(cache.get(&[1; 32]).is_some());
+    }
+
+    #[test]
+    fn invalidating_an_api_or_project_removes_only_its_keys() {
+        let cache = KeyCache::new();
+        let e = cache.epoch();
+        cache.fill(record(1, "api_1", "prj_1"), e);
+        cache.fill(record(2, "api_1", "prj_2"), e);
+        cache.fill(record(3, "api_2", "prj_2"), e);
+        cache.fill(record(4, "api_2", "prj_3"), e);
+        assert_eq!(cache.len(), 4);
+        cache.invalidate_api("api_1");
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&[3; 32]).is_some());
+        cache.invalidate_project("prj_2");
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get(&[4; 32]).is_some());
+        cache.invalidate_key_id("key_4");
+        assert!(cache.is_empty());
+        let e = cache.epoch();
+        cache.fill(record(5, "api_1", "prj_1"), e);
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+
+    /// Races a writer (commit, then invalidate) against a reader (epoch, load, fill) many
+    /// times: once both are done, the cache never holds a version older than the store's.
+    #[test]
+    fn concurrent_fill_never_leaves_a_stale_entry() {
+        use std::sync::atomic::AtomicU64;
+        let cache = KeyCache::new();
+        let store_version = AtomicU64::new(0);
+        let load = |version: u64| {
+            let mut rec = record(1, "api_1", "prj_1");
+            rec.key.name = version.to_string();
+            rec
+        };
+        for _ in 0..500 {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let e = cache.epoch();
+                    let v = store_version.load(Ordering::SeqCst);
+                    std::hint::spin_loop();
+                    cache.fill(load(v), e);
+                });
+                s.spawn(|| {
+                    store_version.fetch_add(1, Ordering::SeqCst);
+                    cache.invalidate_key(&[1; 32]);
+                });
+            });
+            if let Some(hit) = cache.get(&[1; 32]) {
+                assert_eq!(
+                    hit.record.key.name,
+                    store_version.load(Ordering::SeqCst).to_string()
+                );
+            }
         }
     }
 }
