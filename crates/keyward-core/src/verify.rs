@@ -465,12 +465,13 @@ fn check_restrictions(key: &CachedKey, req: &VerifyRequest) -> Option<Failed> {
         let Some(ip) = req.ip.as_deref() else {
             return Some(Failed::Missing("ip"));
         };
-        // An unparsable request ip matches nothing. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) is
-        // compared as the IPv4 address it carries.
-        let ok = ip
-            .trim()
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| nets.iter().any(|n| n.contains(&ip.to_canonical())));
+        // An unparsable request ip matches nothing. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) also
+        // matches as the IPv4 address it carries.
+        let ok = ip.trim().parse::<IpAddr>().is_ok_and(|ip| {
+            let canonical = ip.to_canonical();
+            nets.iter()
+                .any(|n| n.contains(&ip) || n.contains(&canonical))
+        });
         if !ok {
             return Some(Failed::NoMatch("ip"));
         }
