@@ -1,0 +1,68 @@
+//! The `Store` on PostgreSQL: the source of truth when keyward runs on several nodes.
+
+use crate::error::{map_migrate, map_sqlx};
+use crate::rows::{
+    listing, ms, ms_opt, page_after, page_limit, to_json, to_json_opt, ApiRow, KeyRow, ProjectRow,
+    RootKeyRow, VerifyRow, WorkspaceRow,
+};
+use crate::sql;
+use keyward_core::model::{
+    Api, Key, KeyDigest, KeyFilter, Listing, Page, Project, RootKey, VerifyRecord, Workspace,
+};
+use keyward_core::store::StoreResult;
+use keyward_core::StoreError;
+use sqlx::migrate::Migrate;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+const MAX_CONNECTIONS: u32 = 16;
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A [`keyward_core::Store`] on a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects a pool to `url` (`postgres://…` or `postgresql://…`) and checks that one
+    /// connection can be made. Does not run migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        // Statements are prepared once per connection and cached (sqlx's default).
+        let options = PgConnectOptions::from_str(url)
+            .map_err(map_sqlx)?
+            .application_name("keyward");
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations; returns how many were applied. Safe to run from several
+    /// nodes at once (sqlx serialises them with an advisory lock).
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        let before = self.applied_migrations().await?;
+        migrator.run(&self.pool).await.map_err(map_migrate)?;
+        Ok(self.applied_migrations().await?.saturating_sub(before))
+    }
+
+    async fn applied_migrations(&self) -> Result<usize, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        conn.ensure_migrations_table().await.map_err(map_migrate)?;
+        let applied = conn.list_applied_migrations().await.map_err(map_migrate)?;
+        Ok(applied.len())
+    }
+
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+sql::impl_store!(PgStore);

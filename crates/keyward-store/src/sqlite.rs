@@ -1,0 +1,79 @@
+//! The `Store` on an embedded SQLite file: what `keyward serve` uses out of the box.
+
+use crate::error::{map_migrate, map_sqlx};
+use crate::rows::{
+    listing, ms, ms_opt, page_after, page_limit, to_json, to_json_opt, ApiRow, KeyRow, ProjectRow,
+    RootKeyRow, VerifyRow, WorkspaceRow,
+};
+use crate::sql;
+use keyward_core::model::{
+    Api, Key, KeyDigest, KeyFilter, Listing, Page, Project, RootKey, VerifyRecord, Workspace,
+};
+use keyward_core::store::StoreResult;
+use keyward_core::StoreError;
+use sqlx::migrate::Migrate;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::Path;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// Readers run concurrently under WAL; writers queue on SQLite's single write lock.
+const MAX_CONNECTIONS: u32 = 4;
+/// The CLI writes to the same file while the server runs; wait for it rather than fail.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`keyward_core::Store`] on one SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, with its parent directory) the database file at `path`.
+    /// Does not run migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(StoreError::backend)?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // An acknowledged create or revoke must survive a crash of the process or host.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations; returns how many were applied.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let migrator = sqlx::migrate!("./migrations/sqlite");
+        let before = self.applied_migrations().await?;
+        migrator.run(&self.pool).await.map_err(map_migrate)?;
+        Ok(self.applied_migrations().await?.saturating_sub(before))
+    }
+
+    async fn applied_migrations(&self) -> Result<usize, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        conn.ensure_migrations_table().await.map_err(map_migrate)?;
+        let applied = conn.list_applied_migrations().await.map_err(map_migrate)?;
+        Ok(applied.len())
+    }
+
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+sql::impl_store!(SqliteStore);
