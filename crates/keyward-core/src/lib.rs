@@ -12,11 +12,12 @@ pub mod keyfmt;
 pub mod model;
 pub mod perm;
 pub mod secret;
-// pub mod service; // being written
+pub mod service;
 pub mod store;
 pub mod verify;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use error::{Error, StoreError};
 pub use secret::KeyMaterial;
+pub use service::{Actor, Service};
 pub use store::Store;

@@ -1,18 +1,22 @@
 //! The domain facade: every admin operation and every verify goes through [`Service`], whether
 //! it came from the HTTP API, the CLI or the portal. Permission checks happen here, first.
 
-use crate::clock::Clock;
-use crate::digest::Peppers;
-use crate::error::Error;
+use crate::clock::{to_unix_ms, Clock};
+use crate::digest::{ct_eq, Peppers};
+use crate::error::{Error, Kind, StoreError};
 use crate::model::{
     Api, CreateApiRequest, CreateKeyRequest, CreateProjectRequest, CreateRootKeyRequest, Key,
-    KeyFilter, Listing, Page, Project, RootKey, UpdateApiRequest, UpdateKeyRequest,
-    UpdateProjectRequest, VerifyRequest,
+    KeyFilter, KeyState, Listing, Meta, Page, Project, RateLimit, RootKey, RotateKeyRequest,
+    UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyRequest,
 };
 use crate::secret::KeyMaterial;
 use crate::store::Store;
-use crate::verify::VerifyResponse;
+use crate::verify::{CachedKey, CheckResult, Code, KeyCache, VerifyResponse};
+use crate::{duration, id, keyfmt, perm};
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use time::OffsetDateTime;
 
 /// Who is acting: resolved from a root key (or, later, a portal user).
 #[derive(Debug, Clone, PartialEq)]
@@ -20,22 +24,38 @@ pub struct Actor {
     pub workspace_id: String,
     /// `rk_…` for a root key, `usr_…` for a portal user, `cli` for direct database access.
     pub id: String,
-    /// Root-key permission vocabulary: `*`, `apis.read`, `apis.write`, `projects.read`,
-    /// `projects.write`, `keys.read`, `keys.write`, `keys.verify`, `root_keys.read`,
-    /// `root_keys.write`, `usage.read`, `audit.read`, `webhooks.write`; any of them may be
+    /// Root-key permission vocabulary (see [`perm::ROOT_PERMISSIONS`]); any of them may be
     /// narrowed to one api with a `:api_…` suffix. `X.write` implies `X.read`.
     pub permissions: Vec<String>,
 }
 
 impl Actor {
-    /// Whether this actor holds `permission`, for the workspace or for `api_id`.
+    /// Whether this actor holds `permission`, for the whole workspace or for `api_id`.
     pub fn allows(&self, permission: &str, api_id: Option<&str>) -> bool {
-        crate::perm::root_allows(&self.permissions, permission, api_id)
+        perm::root_allows(&self.permissions, permission, api_id)
+    }
+
+    /// Whether this actor holds `permission` for the workspace or for at least one api.
+    /// Checked before loading anything, so a caller without the permission learns nothing.
+    pub fn holds_any(&self, permission: &str) -> bool {
+        self.allows(permission, None)
+            || self.permissions.iter().any(|p| {
+                p.split_once(':')
+                    .is_some_and(|(_, api)| self.allows(permission, Some(api)))
+            })
     }
 
     /// `Err(Forbidden)` unless [`Actor::allows`].
     pub fn require(&self, permission: &str, api_id: Option<&str>) -> Result<(), Error> {
         if self.allows(permission, api_id) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(permission.to_owned()))
+        }
+    }
+
+    fn require_any(&self, permission: &str) -> Result<(), Error> {
+        if self.holds_any(permission) {
             Ok(())
         } else {
             Err(Error::Forbidden(permission.to_owned()))
@@ -48,5 +68,935 @@ pub struct Service {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     peppers: Arc<Peppers>,
-    cache: crate::verify::KeyCache,
+    cache: KeyCache,
+    /// Root keys by digest. Filled on first use, emptied of a key when it is revoked.
+    root_cache: DashMap<[u8; 32], Arc<Actor>>,
+    root_epoch: AtomicU64,
+}
+
+impl Service {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, peppers: Arc<Peppers>) -> Self {
+        Self {
+            store,
+            clock,
+            peppers,
+            cache: KeyCache::new(),
+            root_cache: DashMap::new(),
+            root_epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    fn new_id(&self, prefix: &str, now: OffsetDateTime) -> String {
+        id::new_id(prefix, to_unix_ms(now))
+    }
+
+    // --- root keys ------------------------------------------------------------------------
+
+    /// Resolves a bearer token to the actor of a live root key. `None` for anything else
+    /// (malformed, not a root key, unknown, revoked): the caller answers 401 for all alike.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Arc<Actor>>, Error> {
+        let Ok(parsed) = keyfmt::parse(token) else {
+            return Ok(None);
+        };
+        if parsed.prefix != keyfmt::ROOT_PREFIX {
+            return Ok(None);
+        }
+        let current = self.peppers.digest(token);
+        if let Some(actor) = self.root_cache.get(&current.bytes) {
+            return Ok(Some(Arc::clone(actor.value())));
+        }
+        let epoch = self.root_epoch.load(Ordering::SeqCst);
+        for candidate in self.peppers.candidates(token) {
+            let Some(root) = self.store.find_root_key(&candidate.bytes).await? else {
+                continue;
+            };
+            // Security: confirm the stored digest in constant time before trusting the row.
+            if !self.peppers.matches(token, &root.digest) || root.revoked_at.is_some() {
+                return Ok(None);
+            }
+            let actor = Arc::new(Actor {
+                workspace_id: root.workspace_id,
+                id: root.id,
+                permissions: root.permissions,
+            });
+            self.root_cache.insert(candidate.bytes, Arc::clone(&actor));
+            // A revocation that raced this load bumped the epoch: do not keep what we read.
+            if self.root_epoch.load(Ordering::SeqCst) != epoch {
+                self.root_cache.remove(&candidate.bytes);
+            }
+            return Ok(Some(actor));
+        }
+        Ok(None)
+    }
+
+    /// Creates a root key in the workspace named `workspace_name`, creating the workspace if
+    /// missing. No actor: this is the bootstrap path used by the CLI with database access.
+    pub async fn bootstrap_root_key(
+        &self,
+        workspace_name: &str,
+        req: CreateRootKeyRequest,
+    ) -> Result<(RootKey, KeyMaterial), Error> {
+        check_name("workspace", workspace_name)?;
+        check_root_permissions(&req.permissions)?;
+        let now = self.clock.now();
+        let ws = self
+            .store
+            .ensure_workspace(workspace_name, &self.new_id("ws", now), now)
+            .await?;
+        self.insert_root_key(&ws.id, req, now).await
+    }
+
+    /// Needs `root_keys.write`; a root key can only hand out permissions it holds itself.
+    pub async fn create_root_key(
+        &self,
+        actor: &Actor,
+        req: CreateRootKeyRequest,
+    ) -> Result<(RootKey, KeyMaterial), Error> {
+        actor.require("root_keys.write", None)?;
+        check_root_permissions(&req.permissions)?;
+        // Security: no privilege escalation through key creation.
+        for p in &req.permissions {
+            let allowed = if p == "*" {
+                actor.permissions.iter().any(|h| h == "*")
+            } else {
+                let (base, api) = match p.split_once(':') {
+                    Some((b, a)) => (b, Some(a)),
+                    None => (p.as_str(), None),
+                };
+                actor.allows(base, api)
+            };
+            if !allowed {
+                return Err(Error::Forbidden(p.clone()));
+            }
+        }
+        let now = self.clock.now();
+        self.insert_root_key(&actor.workspace_id, req, now).await
+    }
+
+    async fn insert_root_key(
+        &self,
+        workspace_id: &str,
+        req: CreateRootKeyRequest,
+        now: OffsetDateTime,
+    ) -> Result<(RootKey, KeyMaterial), Error> {
+        check_name("name", &req.name)?;
+        let material = keyfmt::generate(keyfmt::ROOT_PREFIX);
+        let start = start_of(&material)?;
+        let root = RootKey {
+            id: self.new_id("rk", now),
+            workspace_id: workspace_id.to_owned(),
+            name: req.name,
+            start,
+            digest: self.peppers.digest(material.expose()),
+            permissions: req.permissions,
+            created_at: now,
+            revoked_at: None,
+        };
+        self.store.insert_root_key(&root).await?;
+        Ok((root, material))
+    }
+
+    /// Needs `root_keys.read`.
+    pub async fn list_root_keys(
+        &self,
+        actor: &Actor,
+        page: Page,
+    ) -> Result<Listing<RootKey>, Error> {
+        actor.require("root_keys.read", None)?;
+        Ok(self
+            .store
+            .list_root_keys(&actor.workspace_id, &page)
+            .await?)
+    }
+
+    /// Needs `root_keys.write`. Takes effect on the very next request.
+    pub async fn revoke_root_key(&self, actor: &Actor, id: &str) -> Result<RootKey, Error> {
+        actor.require("root_keys.write", None)?;
+        let now = self.clock.now();
+        let root = self
+            .store
+            .revoke_root_key(&actor.workspace_id, id, now)
+            .await?
+            .ok_or(Error::NotFound(Kind::RootKey))?;
+        self.root_epoch.fetch_add(1, Ordering::SeqCst);
+        self.root_cache.retain(|_, a| a.id != root.id);
+        Ok(root)
+    }
+
+    // --- apis -----------------------------------------------------------------------------
+
+    /// Needs `apis.write` for the workspace.
+    pub async fn create_api(&self, actor: &Actor, req: CreateApiRequest) -> Result<Api, Error> {
+        actor.require("apis.write", None)?;
+        let now = self.clock.now();
+        let prefix = req
+            .prefix
+            .unwrap_or_else(|| keyfmt::DEFAULT_PREFIX.to_owned());
+        keyfmt::validate_prefix(&prefix).map_err(|m| Error::invalid("prefix", m))?;
+        if prefix == keyfmt::ROOT_PREFIX {
+            return Err(Error::invalid("prefix", "kwroot is reserved for root keys"));
+        }
+        let api = Api {
+            id: self.new_id("api", now),
+            workspace_id: actor.workspace_id.clone(),
+            name: req.name,
+            prefix,
+            permissions: req.permissions,
+            roles: req.roles,
+            default_permissions: req.default_permissions,
+            default_rate_limits: req.default_rate_limits,
+            default_usage_limit: req.default_usage_limit,
+            policies: req.policies,
+            created_at: now,
+            updated_at: now,
+        };
+        check_api(&api)?;
+        self.store.insert_api(&api).await?;
+        Ok(api)
+    }
+
+    /// Needs `apis.read` (for the workspace, or for each api listed).
+    pub async fn list_apis(&self, actor: &Actor, page: Page) -> Result<Listing<Api>, Error> {
+        actor.require_any("apis.read")?;
+        let mut listing = self.store.list_apis(&actor.workspace_id, &page).await?;
+        listing
+            .items
+            .retain(|a| actor.allows("apis.read", Some(&a.id)));
+        Ok(listing)
+    }
+
+    /// Needs `apis.read` for the api.
+    pub async fn get_api(&self, actor: &Actor, id: &str) -> Result<Api, Error> {
+        actor.require_any("apis.read")?;
+        let api = self.load_api(&actor.workspace_id, id).await?;
+        actor.require("apis.read", Some(&api.id))?;
+        Ok(api)
+    }
+
+    /// Needs `apis.write` for the api. Cached keys of the api are refreshed (roles may change).
+    pub async fn update_api(
+        &self,
+        actor: &Actor,
+        id: &str,
+        req: UpdateApiRequest,
+    ) -> Result<Api, Error> {
+        actor.require_any("apis.write")?;
+        let mut api = self.load_api(&actor.workspace_id, id).await?;
+        actor.require("apis.write", Some(&api.id))?;
+        if let Some(v) = req.name {
+            api.name = v;
+        }
+        if let Some(v) = req.permissions {
+            api.permissions = v;
+        }
+        if let Some(v) = req.roles {
+            api.roles = v;
+        }
+        if let Some(v) = req.default_permissions {
+            api.default_permissions = v;
+        }
+        if let Some(v) = req.default_rate_limits {
+            api.default_rate_limits = v;
+        }
+        if let Some(v) = req.default_usage_limit {
+            api.default_usage_limit = v;
+        }
+        if let Some(v) = req.policies {
+            api.policies = v;
+        }
+        api.updated_at = self.clock.now();
+        check_api(&api)?;
+        if !self.store.update_api(&api).await? {
+            return Err(Error::NotFound(Kind::Api));
+        }
+        self.cache.invalidate_api(&api.id);
+        Ok(api)
+    }
+
+    /// Needs `apis.write` for the api. Deletes the api and revokes all of its keys.
+    pub async fn delete_api(&self, actor: &Actor, id: &str) -> Result<(), Error> {
+        actor.require_any("apis.write")?;
+        let api = self.load_api(&actor.workspace_id, id).await?;
+        actor.require("apis.write", Some(&api.id))?;
+        let deleted = self
+            .store
+            .delete_api(&actor.workspace_id, &api.id, self.clock.now())
+            .await?;
+        self.cache.invalidate_api(&api.id);
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::NotFound(Kind::Api))
+        }
+    }
+
+    async fn load_api(&self, workspace_id: &str, id: &str) -> Result<Api, Error> {
+        self.store
+            .get_api(workspace_id, id)
+            .await?
+            .ok_or(Error::NotFound(Kind::Api))
+    }
+
+    // --- projects -------------------------------------------------------------------------
+
+    /// Needs `projects.write`.
+    pub async fn create_project(
+        &self,
+        actor: &Actor,
+        req: CreateProjectRequest,
+    ) -> Result<Project, Error> {
+        actor.require("projects.write", None)?;
+        let now = self.clock.now();
+        let project = Project {
+            id: self.new_id("prj", now),
+            workspace_id: actor.workspace_id.clone(),
+            name: req.name,
+            external_id: req.external_id,
+            meta: req.meta,
+            owner: req.owner,
+            rate_limits: req.rate_limits,
+            created_at: now,
+            updated_at: now,
+        };
+        check_project(&project)?;
+        self.store.insert_project(&project).await?;
+        Ok(project)
+    }
+
+    /// Needs `projects.read`.
+    pub async fn list_projects(
+        &self,
+        actor: &Actor,
+        page: Page,
+    ) -> Result<Listing<Project>, Error> {
+        actor.require("projects.read", None)?;
+        Ok(self.store.list_projects(&actor.workspace_id, &page).await?)
+    }
+
+    /// Needs `projects.read`.
+    pub async fn get_project(&self, actor: &Actor, id: &str) -> Result<Project, Error> {
+        actor.require("projects.read", None)?;
+        self.load_project(&actor.workspace_id, id).await
+    }
+
+    /// Needs `projects.write`. Cached keys of the project are refreshed.
+    pub async fn update_project(
+        &self,
+        actor: &Actor,
+        id: &str,
+        req: UpdateProjectRequest,
+    ) -> Result<Project, Error> {
+        actor.require("projects.write", None)?;
+        let mut project = self.load_project(&actor.workspace_id, id).await?;
+        if let Some(v) = req.name {
+            project.name = v;
+        }
+        if let Some(v) = req.external_id {
+            project.external_id = v;
+        }
+        if let Some(v) = req.meta {
+            project.meta = v;
+        }
+        if let Some(v) = req.rate_limits {
+            project.rate_limits = v;
+        }
+        project.updated_at = self.clock.now();
+        check_project(&project)?;
+        if !self.store.update_project(&project).await? {
+            return Err(Error::NotFound(Kind::Project));
+        }
+        self.cache.invalidate_project(&project.id);
+        Ok(project)
+    }
+
+    /// Needs `projects.write`. Deletes the project and revokes all of its keys.
+    pub async fn delete_project(&self, actor: &Actor, id: &str) -> Result<(), Error> {
+        actor.require("projects.write", None)?;
+        let deleted = self
+            .store
+            .delete_project(&actor.workspace_id, id, self.clock.now())
+            .await?;
+        self.cache.invalidate_project(id);
+        if deleted {
+            Ok(())
+        } else {
+            Err(Error::NotFound(Kind::Project))
+        }
+    }
+
+    async fn load_project(&self, workspace_id: &str, id: &str) -> Result<Project, Error> {
+        self.store
+            .get_project(workspace_id, id)
+            .await?
+            .ok_or(Error::NotFound(Kind::Project))
+    }
+
+    // --- keys -----------------------------------------------------------------------------
+
+    /// Needs `keys.write` for the api. Returns the key and its plaintext, which is never
+    /// stored and cannot be shown again.
+    pub async fn create_key(
+        &self,
+        actor: &Actor,
+        req: CreateKeyRequest,
+    ) -> Result<(Key, KeyMaterial), Error> {
+        actor.require_any("keys.write")?;
+        let api = self.load_api(&actor.workspace_id, &req.api_id).await?;
+        actor.require("keys.write", Some(&api.id))?;
+        if let Some(project_id) = &req.project_id {
+            self.load_project(&actor.workspace_id, project_id).await?;
+        }
+        if req.recoverable {
+            return Err(Error::invalid(
+                "recoverable",
+                "recoverable keys are not available in this version",
+            ));
+        }
+        let now = self.clock.now();
+        let expires_at = resolve_expiry(req.expires_at, req.expires_in.as_deref(), now)?;
+        if let (Some(limit), Some(project_id)) =
+            (api.policies.max_active_keys_per_project, &req.project_id)
+        {
+            self.check_active_key_limit(&actor.workspace_id, &api.id, project_id, limit, now)
+                .await?;
+        }
+        let material = keyfmt::generate(&api.prefix);
+        let key = Key {
+            id: self.new_id("key", now),
+            workspace_id: actor.workspace_id.clone(),
+            api_id: api.id.clone(),
+            project_id: req.project_id,
+            name: req.name,
+            start: start_of(&material)?,
+            digest: self.peppers.digest(material.expose()),
+            state: KeyState::Active,
+            permissions: req
+                .permissions
+                .unwrap_or_else(|| api.default_permissions.clone()),
+            roles: req.roles,
+            meta: req.meta,
+            expires_at,
+            rate_limits: req
+                .rate_limits
+                .unwrap_or_else(|| api.default_rate_limits.clone()),
+            usage_limit: req.usage_limit.or_else(|| api.default_usage_limit.clone()),
+            restrictions: req.restrictions,
+            rotated_from: None,
+            rotated_to: None,
+            state_reason: None,
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        check_key(&key, &api)?;
+        self.store.insert_key(&key).await?;
+        Ok((key, material))
+    }
+
+    async fn check_active_key_limit(
+        &self,
+        workspace_id: &str,
+        api_id: &str,
+        project_id: &str,
+        limit: u32,
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        let filter = KeyFilter {
+            api_id: Some(api_id.to_owned()),
+            project_id: Some(project_id.to_owned()),
+            state: Some(KeyState::Active),
+            unused_since: None,
+        };
+        let mut page = Page {
+            limit: Page::MAX_LIMIT,
+            after: None,
+        };
+        let mut active = 0u64;
+        loop {
+            let listing = self.store.list_keys(workspace_id, &filter, &page).await?;
+            // A rotation's overlap does not count: the outgoing key is already rotated_to.
+            active += listing
+                .items
+                .iter()
+                .filter(|k| k.rotated_to.is_none() && k.expires_at.is_none_or(|e| e > now))
+                .count() as u64;
+            match listing.next {
+                Some(next) => page.after = Some(next),
+                None => break,
+            }
+        }
+        if active >= u64::from(limit) {
+            return Err(Error::Conflict {
+                code: "too_many_keys",
+                message: format!(
+                    "project {project_id} already has {active} active keys for this api (the api allows {limit}); revoke one first"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Needs `keys.read` for the workspace, or for the api named in the filter.
+    pub async fn list_keys(
+        &self,
+        actor: &Actor,
+        filter: KeyFilter,
+        page: Page,
+    ) -> Result<Listing<Key>, Error> {
+        actor.require("keys.read", filter.api_id.as_deref())?;
+        Ok(self
+            .store
+            .list_keys(&actor.workspace_id, &filter, &page)
+            .await?)
+    }
+
+    /// Needs `keys.read` for the key's api.
+    pub async fn get_key(&self, actor: &Actor, id: &str) -> Result<Key, Error> {
+        actor.require_any("keys.read")?;
+        let key = self.load_key(&actor.workspace_id, id).await?;
+        actor.require("keys.read", Some(&key.api_id))?;
+        Ok(key)
+    }
+
+    /// Needs `keys.write` for the key's api. Takes effect on the very next verify.
+    /// A revoked key cannot be changed (revocation is final).
+    pub async fn update_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        req: UpdateKeyRequest,
+    ) -> Result<Key, Error> {
+        actor.require_any("keys.write")?;
+        let mut key = self.load_key(&actor.workspace_id, id).await?;
+        actor.require("keys.write", Some(&key.api_id))?;
+        if key.state == KeyState::Revoked {
+            return Err(revoked_conflict());
+        }
+        let api = self.load_api(&actor.workspace_id, &key.api_id).await?;
+        let now = self.clock.now();
+        if let Some(v) = req.name {
+            key.name = v;
+        }
+        if let Some(v) = req.permissions {
+            key.permissions = v;
+        }
+        if let Some(v) = req.roles {
+            key.roles = v;
+        }
+        if let Some(v) = req.meta {
+            key.meta = v;
+        }
+        match (req.expires_at, req.expires_in.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "expires_in",
+                    "give expires_at or expires_in, not both",
+                ))
+            }
+            (Some(None), None) => key.expires_at = None,
+            (Some(Some(at)), None) => key.expires_at = resolve_expiry(Some(at), None, now)?,
+            (None, Some(d)) => key.expires_at = resolve_expiry(None, Some(d), now)?,
+            (None, None) => {}
+        }
+        if let Some(enabled) = req.enabled {
+            key.state = if enabled {
+                KeyState::Active
+            } else {
+                KeyState::Disabled
+            };
+            key.state_reason = None;
+        }
+        if let Some(v) = req.rate_limits {
+            key.rate_limits = v;
+        }
+        if let Some(v) = req.usage_limit {
+            key.usage_limit = v;
+        }
+        if let Some(v) = req.restrictions {
+            key.restrictions = v;
+        }
+        key.updated_at = now;
+        check_key(&key, &api)?;
+        let updated = self.store.update_key(&key).await?;
+        self.cache.invalidate_key(&key.digest.bytes);
+        if !updated {
+            // Revoked (or deleted) between our read and our write.
+            return Err(revoked_conflict());
+        }
+        Ok(key)
+    }
+
+    /// Needs `keys.write` for the key's api. Final; revoking a revoked key returns it as is.
+    pub async fn revoke_key(&self, actor: &Actor, id: &str) -> Result<Key, Error> {
+        actor.require_any("keys.write")?;
+        let mut key = self.load_key(&actor.workspace_id, id).await?;
+        actor.require("keys.write", Some(&key.api_id))?;
+        if key.state == KeyState::Revoked {
+            return Ok(key);
+        }
+        let now = self.clock.now();
+        key.state = KeyState::Revoked;
+        key.revoked_at = Some(now);
+        key.updated_at = now;
+        let updated = self.store.update_key(&key).await?;
+        self.cache.invalidate_key(&key.digest.bytes);
+        if !updated {
+            return self.load_key(&actor.workspace_id, id).await;
+        }
+        Ok(key)
+    }
+
+    /// Needs `keys.write` for the key's api. Issues a new key with the same settings; the old
+    /// one keeps working until `grace_period` has passed, then is `EXPIRED`.
+    pub async fn rotate_key(
+        &self,
+        actor: &Actor,
+        id: &str,
+        req: RotateKeyRequest,
+    ) -> Result<(Key, KeyMaterial), Error> {
+        actor.require_any("keys.write")?;
+        let mut old = self.load_key(&actor.workspace_id, id).await?;
+        actor.require("keys.write", Some(&old.api_id))?;
+        if old.state == KeyState::Revoked {
+            return Err(revoked_conflict());
+        }
+        if old.rotated_to.is_some() {
+            return Err(Error::Conflict {
+                code: "key_already_rotated",
+                message: "this key was already rotated; rotate its successor instead".into(),
+            });
+        }
+        let grace = match req.grace_period.as_deref() {
+            Some(s) => duration::parse(s).map_err(|m| Error::invalid("grace_period", m))?,
+            None => time::Duration::ZERO,
+        };
+        let api = self.load_api(&actor.workspace_id, &old.api_id).await?;
+        let now = self.clock.now();
+        let material = keyfmt::generate(&api.prefix);
+        let mut new = old.clone();
+        new.id = self.new_id("key", now);
+        new.start = start_of(&material)?;
+        new.digest = self.peppers.digest(material.expose());
+        new.rotated_from = Some(old.id.clone());
+        new.rotated_to = None;
+        new.created_at = now;
+        new.updated_at = now;
+        new.last_used_at = None;
+        self.store.insert_key(&new).await?;
+
+        let grace_end = now + grace;
+        old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
+        old.rotated_to = Some(new.id.clone());
+        old.updated_at = now;
+        let updated = self.store.update_key(&old).await?;
+        self.cache.invalidate_key(&old.digest.bytes);
+        if !updated {
+            return Err(revoked_conflict());
+        }
+        Ok((new, material))
+    }
+
+    async fn load_key(&self, workspace_id: &str, id: &str) -> Result<Key, Error> {
+        self.store
+            .get_key(workspace_id, id)
+            .await?
+            .ok_or(Error::NotFound(Kind::Key))
+    }
+
+    // --- verify ---------------------------------------------------------------------------
+
+    /// Needs `keys.verify` (for the workspace or the key's api). `Err` only for a malformed
+    /// call (bad permission expression, missing permission); every verdict is `Ok`.
+    pub async fn verify(
+        &self,
+        actor: &Actor,
+        req: &VerifyRequest,
+        explain: bool,
+    ) -> Result<VerifyResponse, Error> {
+        actor.require_any("keys.verify")?;
+        if let Some(api_id) = req.api_id.as_deref() {
+            actor.require("keys.verify", Some(api_id))?;
+        }
+        let expr = match req.permissions.as_deref() {
+            Some(s) => Some(perm::parse(s).map_err(|e| Error::InvalidExpression {
+                position: e.position,
+                message: e.message,
+            })?),
+            None => None,
+        };
+        let token = req.key.expose();
+        // Security: a key whose checksum fails never reaches the cache or the database.
+        if keyfmt::parse(token).is_err() {
+            return Ok(denied(
+                Code::Malformed,
+                explain,
+                "format",
+                "not a well-formed key",
+            ));
+        }
+        let Some(cached) = self.lookup(token).await? else {
+            return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
+        };
+        let key = &cached.record.key;
+        // Security: keys of other workspaces, other apis or apis outside the caller's scope
+        // are indistinguishable from unknown keys.
+        if key.workspace_id != actor.workspace_id
+            || req.api_id.as_deref().is_some_and(|a| a != key.api_id)
+            || !actor.allows("keys.verify", Some(&key.api_id))
+        {
+            return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
+        }
+        Ok(crate::verify::evaluate(
+            &cached,
+            req,
+            expr.as_ref(),
+            self.clock.now(),
+            explain,
+        ))
+    }
+
+    /// The cached key for this plaintext, loading it from the store on a miss.
+    async fn lookup(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Error> {
+        let current = self.peppers.digest(token);
+        if let Some(hit) = self.cache.get(&current.bytes) {
+            return Ok(Some(hit));
+        }
+        let epoch = self.cache.epoch();
+        for candidate in self.peppers.candidates(token) {
+            let Some(record) = self.store.find_key(&candidate).await? else {
+                continue;
+            };
+            // Security: confirm the stored digest in constant time before trusting the row.
+            if !self.peppers.matches(token, &record.key.digest)
+                || !ct_eq(&record.key.digest.bytes, &candidate.bytes)
+            {
+                return Ok(None);
+            }
+            return Ok(Some(self.cache.fill(record, epoch)));
+        }
+        Ok(None)
+    }
+}
+
+fn denied(code: Code, explain: bool, check: &str, reason: &str) -> VerifyResponse {
+    let mut resp = VerifyResponse::bare(code);
+    if explain {
+        let mut checks = Vec::new();
+        if code != Code::Malformed {
+            checks.push(CheckResult {
+                check: "format".into(),
+                passed: true,
+                reason: "well-formed key with a valid checksum".into(),
+            });
+        }
+        checks.push(CheckResult {
+            check: check.into(),
+            passed: false,
+            reason: reason.into(),
+        });
+        resp.explain = Some(checks);
+    }
+    resp
+}
+
+fn revoked_conflict() -> Error {
+    Error::Conflict {
+        code: "key_revoked",
+        message: "the key is revoked; revocation is final".into(),
+    }
+}
+
+fn start_of(material: &KeyMaterial) -> Result<String, Error> {
+    keyfmt::parse(material.expose())
+        .map(|p| keyfmt::start(&p))
+        .map_err(|_| Error::Store(StoreError::Corrupt("generated key failed to parse".into())))
+}
+
+fn resolve_expiry(
+    at: Option<OffsetDateTime>,
+    in_: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, Error> {
+    match (at, in_) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "expires_in",
+            "give expires_at or expires_in, not both",
+        )),
+        (Some(at), None) if at <= now => Err(Error::invalid("expires_at", "must be in the future")),
+        (Some(at), None) => Ok(Some(at)),
+        (None, Some(d)) => {
+            let d = duration::parse(d).map_err(|m| Error::invalid("expires_in", m))?;
+            if d <= time::Duration::ZERO {
+                return Err(Error::invalid("expires_in", "must be positive"));
+            }
+            now.checked_add(d)
+                .map(Some)
+                .ok_or_else(|| Error::invalid("expires_in", "too far in the future"))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+// --- validation -------------------------------------------------------------------------
+
+const MAX_NAME: usize = 256;
+const MAX_META_BYTES: usize = 16 * 1024;
+const MAX_LIST: usize = 1000;
+
+fn check_name(field: &str, value: &str) -> Result<(), Error> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > MAX_NAME {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_NAME} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+fn check_permission_names(field: &str, names: &[String]) -> Result<(), Error> {
+    if names.len() > MAX_LIST {
+        return Err(Error::invalid(field, format!("at most {MAX_LIST} entries")));
+    }
+    for (i, n) in names.iter().enumerate() {
+        perm::validate_name(n).map_err(|m| Error::invalid(format!("{field}[{i}]"), m))?;
+    }
+    Ok(())
+}
+
+fn check_root_permissions(names: &[String]) -> Result<(), Error> {
+    if names.is_empty() {
+        return Err(Error::invalid(
+            "permissions",
+            "give at least one permission",
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        perm::validate_root_permission(n)
+            .map_err(|m| Error::invalid(format!("permissions[{i}]"), m))?;
+    }
+    Ok(())
+}
+
+fn check_meta(field: &str, meta: &Meta) -> Result<(), Error> {
+    let size = serde_json::to_vec(meta)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_META_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("at most {MAX_META_BYTES} bytes of JSON"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_rate_limits(field: &str, limits: &[RateLimit]) -> Result<(), Error> {
+    if limits.len() > 16 {
+        return Err(Error::invalid(field, "at most 16 rate limits"));
+    }
+    for (i, l) in limits.iter().enumerate() {
+        let at = |f: &str| format!("{field}[{i}].{f}");
+        check_name(&at("name"), &l.name)?;
+        if l.limit == 0 {
+            return Err(Error::invalid(at("limit"), "must be at least 1"));
+        }
+        let period = duration::parse(&l.period).map_err(|m| Error::invalid(at("period"), m))?;
+        if period <= time::Duration::ZERO {
+            return Err(Error::invalid(at("period"), "must be positive"));
+        }
+        if limits[..i].iter().any(|o| o.name == l.name) {
+            return Err(Error::invalid(at("name"), "duplicate rate limit name"));
+        }
+    }
+    Ok(())
+}
+
+fn check_usage_limit(field: &str, usage: Option<&UsageLimit>) -> Result<(), Error> {
+    if let Some(refill) = usage.and_then(|u| u.refill.as_ref()) {
+        if refill.amount == 0 {
+            return Err(Error::invalid(
+                format!("{field}.refill.amount"),
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_api(api: &Api) -> Result<(), Error> {
+    check_name("name", &api.name)?;
+    check_permission_names("permissions", &api.permissions)?;
+    check_permission_names("default_permissions", &api.default_permissions)?;
+    for (role, perms) in &api.roles {
+        perm::validate_name(role).map_err(|m| Error::invalid("roles", format!("{role}: {m}")))?;
+        check_permission_names(&format!("roles.{role}"), perms)?;
+    }
+    check_rate_limits("default_rate_limits", &api.default_rate_limits)?;
+    check_usage_limit("default_usage_limit", api.default_usage_limit.as_ref())?;
+    if let Some(d) = &api.policies.retire_unused_after {
+        let d =
+            duration::parse(d).map_err(|m| Error::invalid("policies.retire_unused_after", m))?;
+        if d <= time::Duration::ZERO {
+            return Err(Error::invalid(
+                "policies.retire_unused_after",
+                "must be positive",
+            ));
+        }
+    }
+    if api.policies.max_active_keys_per_project == Some(0) {
+        return Err(Error::invalid(
+            "policies.max_active_keys_per_project",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+fn check_project(project: &Project) -> Result<(), Error> {
+    check_name("name", &project.name)?;
+    if let Some(x) = &project.external_id {
+        check_name("external_id", x)?;
+    }
+    check_meta("meta", &project.meta)?;
+    check_rate_limits("rate_limits", &project.rate_limits)
+}
+
+fn check_key(key: &Key, api: &Api) -> Result<(), Error> {
+    check_name("name", &key.name)?;
+    check_permission_names("permissions", &key.permissions)?;
+    for (i, role) in key.roles.iter().enumerate() {
+        if !api.roles.contains_key(role) {
+            return Err(Error::invalid(
+                format!("roles[{i}]"),
+                format!("the api defines no role named {role:?}"),
+            ));
+        }
+    }
+    check_meta("meta", &key.meta)?;
+    check_rate_limits("rate_limits", &key.rate_limits)?;
+    check_usage_limit("usage_limit", key.usage_limit.as_ref())?;
+    if let Some(r) = &key.restrictions {
+        crate::verify::validate_restrictions(r)
+            .map_err(|(field, m)| Error::invalid(format!("restrictions.{field}"), m))?;
+    }
+    Ok(())
 }
