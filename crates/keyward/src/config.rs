@@ -1,0 +1,401 @@
+//! Server configuration, resolved in layers: defaults → `keyward.toml` → `KEYWARD_*` env → flags.
+
+use crate::cli::{LogFormat, ServeArgs};
+use anyhow::{bail, Context as _};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The file read when `--config` is not given, if it exists in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "keyward.toml";
+const DEFAULT_LISTEN: &str = "127.0.0.1:7400";
+const DEFAULT_DATA_DIR: &str = "./keyward-data";
+
+/// `keyward.toml`. Every field is optional; unknown keys are an error.
+///
+/// Relative paths are relative to the working directory, like the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    /// A file holding the database URL (it may carry a password).
+    database_url_file: Option<PathBuf>,
+    pepper_file: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    /// Log filter, `RUST_LOG` syntax.
+    log: Option<String>,
+    workers: Option<u16>,
+    /// Largest accepted request body, in bytes.
+    body_limit: Option<usize>,
+}
+
+/// Where the database URL came from, so it is only derived from the data dir when unset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `sqlite://{data_dir}/keyward.db`.
+    Default,
+    Url(String),
+}
+
+/// The fully resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    database: Database,
+    pepper_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    /// Worker threads; 1 means a current-thread runtime.
+    pub workers: usize,
+    pub body_limit: usize,
+}
+
+impl Config {
+    /// Resolves every layer. `env` looks up an environment variable (injected for tests).
+    pub fn load(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        // Empty variables count as unset: `KEYWARD_X=` in a compose file should not override.
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+        let file = match &args.store.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).is_file() => {
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let mut listen: SocketAddr = DEFAULT_LISTEN
+            .parse()
+            .context("the built-in listen address")?;
+        let mut data_dir = PathBuf::from(DEFAULT_DATA_DIR);
+        let mut database = Database::Default;
+        let mut pepper_file = None;
+        let mut log_format = LogFormat::Text;
+        let mut log_filter = "info".to_owned();
+        let mut workers = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut body_limit = keyward_server::DEFAULT_BODY_LIMIT;
+
+        // Layer 2: the file.
+        if file.database_url.is_some() && file.database_url_file.is_some() {
+            bail!("config: set database_url or database_url_file, not both");
+        }
+        if let Some(v) = file.listen {
+            listen = v;
+        }
+        if let Some(v) = file.data_dir {
+            data_dir = v;
+        }
+        if let Some(v) = file.database_url {
+            database = Database::Url(v);
+        }
+        if let Some(path) = file.database_url_file {
+            database = Database::Url(read_secret(&path, "database_url_file")?);
+        }
+        if let Some(v) = file.pepper_file {
+            pepper_file = Some(v);
+        }
+        if let Some(v) = file.log_format {
+            log_format = v;
+        }
+        if let Some(v) = file.log {
+            log_filter = v;
+        }
+        if let Some(v) = file.workers {
+            if v == 0 {
+                bail!("config: workers must be at least 1");
+            }
+            workers = usize::from(v);
+        }
+        if let Some(v) = file.body_limit {
+            body_limit = v;
+        }
+
+        // Layer 3: the environment.
+        if let Some(v) = env("KEYWARD_LISTEN") {
+            listen = v.trim().parse().with_context(|| {
+                format!("KEYWARD_LISTEN: {v:?} is not an address like 127.0.0.1:7400")
+            })?;
+        }
+        if let Some(v) = env("KEYWARD_DATA_DIR") {
+            data_dir = PathBuf::from(v);
+        }
+        match (
+            env("KEYWARD_DATABASE_URL"),
+            env("KEYWARD_DATABASE_URL_FILE"),
+        ) {
+            (Some(_), Some(_)) => {
+                bail!("set KEYWARD_DATABASE_URL or KEYWARD_DATABASE_URL_FILE, not both")
+            }
+            (Some(v), None) => database = Database::Url(v.trim().to_owned()),
+            (None, Some(path)) => {
+                database =
+                    Database::Url(read_secret(Path::new(&path), "KEYWARD_DATABASE_URL_FILE")?);
+            }
+            (None, None) => {}
+        }
+        if let Some(v) = env("KEYWARD_PEPPER_FILE") {
+            pepper_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("KEYWARD_LOG_FORMAT") {
+            log_format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => bail!("KEYWARD_LOG_FORMAT: {other:?} is neither \"text\" nor \"json\""),
+            };
+        }
+        if let Some(v) = env("KEYWARD_LOG") {
+            log_filter = v;
+        }
+        if let Some(v) = env("KEYWARD_WORKERS") {
+            workers = match v.trim().parse::<u16>() {
+                Ok(n) if n >= 1 => usize::from(n),
+                _ => bail!("KEYWARD_WORKERS: {v:?} is not a number of threads (1 or more)"),
+            };
+        }
+
+        // Layer 4: flags.
+        if let Some(v) = args.listen {
+            listen = v;
+        }
+        if let Some(v) = &args.store.data_dir {
+            data_dir = v.clone();
+        }
+        if let Some(v) = &args.store.database_url {
+            database = Database::Url(v.clone());
+        }
+        if let Some(v) = args.log_format {
+            log_format = v;
+        }
+        if let Some(v) = args.workers {
+            workers = usize::from(v);
+        }
+
+        Ok(Self {
+            listen,
+            data_dir,
+            database,
+            pepper_file,
+            log_format,
+            log_filter,
+            workers,
+            body_limit,
+        })
+    }
+
+    /// The database URL: explicit, or SQLite under the data dir.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Database::Url(url) => url.clone(),
+            Database::Default => format!("sqlite://{}", self.default_db_path().display()),
+        }
+    }
+
+    /// Whether the database lives under the data dir (so the dir must exist).
+    pub fn database_in_data_dir(&self) -> bool {
+        self.database == Database::Default
+    }
+
+    fn default_db_path(&self) -> PathBuf {
+        self.data_dir.join("keyward.db")
+    }
+
+    /// The pepper file: explicit, or `{data_dir}/pepper`.
+    pub fn pepper_path(&self) -> PathBuf {
+        self.pepper_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("pepper"))
+    }
+
+    /// Whether the pepper lives under the data dir (so the dir must exist).
+    pub fn pepper_in_data_dir(&self) -> bool {
+        self.pepper_file.is_none()
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse_file(path, &text)
+}
+
+/// Parses `text`; errors name the file, the line and column, and the offending key.
+fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
+    toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!(":{line}:{column}")
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "config file {}{at}: {}",
+            path.display(),
+            e.message().replace("unknown field", "unknown key")
+        )
+    })
+}
+
+/// Reads a secret from a file, trimmed of surrounding whitespace (and the final newline).
+fn read_secret(path: &Path, what: &str) -> anyhow::Result<String> {
+    let value = std::fs::read_to_string(path)
+        .with_context(|| format!("{what}: cannot read {}", path.display()))?;
+    let value = value.trim();
+    if value.is_empty() {
+        bail!("{what}: {} is empty", path.display());
+    }
+    Ok(value.to_owned())
+}
+
+/// The database URL without a password, for log lines.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // `sqlite:PATH` has no authority, so nothing secret.
+        return match url.strip_prefix("sqlite:") {
+            Some(_) => strip_query(url).to_owned(),
+            None => "<unparseable url>".to_owned(),
+        };
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{}", strip_query(tail))
+        }
+        None => format!("{scheme}://{authority}{}", strip_query(tail)),
+    }
+}
+
+/// Query strings may carry `password=`; drop them from log lines.
+fn strip_query(tail: &str) -> &str {
+    tail.split('?').next().unwrap_or(tail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::StoreArgs;
+    use std::collections::HashMap;
+
+    fn load(args: &ServeArgs, vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::load(args, &|k| vars.get(k).cloned())
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, ServeArgs) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keyward.toml");
+        std::fs::write(&path, text).expect("write");
+        let args = ServeArgs {
+            store: StoreArgs {
+                config: Some(path),
+                ..StoreArgs::default()
+            },
+            ..ServeArgs::default()
+        };
+        (dir, args)
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_below() {
+        let (_dir, mut args) = with_file(
+            "listen = \"127.0.0.1:1000\"\ndata_dir = \"/from/file\"\nworkers = 3\nlog_format = \"json\"\n",
+        );
+        let c = load(&args, &[]).expect("file only");
+        assert_eq!(c.listen.port(), 1000);
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.database_url(), "sqlite:///from/file/keyward.db");
+        assert_eq!(c.pepper_path(), PathBuf::from("/from/file/pepper"));
+
+        let env = [
+            ("KEYWARD_LISTEN", "127.0.0.1:2000"),
+            ("KEYWARD_DATA_DIR", "/from/env"),
+            ("KEYWARD_WORKERS", "2"),
+        ];
+        let c = load(&args, &env).expect("env over file");
+        assert_eq!(c.listen.port(), 2000);
+        assert_eq!(c.data_dir, PathBuf::from("/from/env"));
+        assert_eq!(c.workers, 2);
+
+        args.listen = Some("127.0.0.1:3000".parse().expect("addr"));
+        args.store.data_dir = Some(PathBuf::from("/from/flag"));
+        args.workers = Some(1);
+        let c = load(&args, &env).expect("flags over env");
+        assert_eq!(c.listen.port(), 3000);
+        assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.log_format, LogFormat::Json, "untouched layers stay");
+    }
+
+    #[test]
+    fn defaults_apply_without_any_layer() {
+        let c = load(&ServeArgs::default(), &[]).expect("defaults");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7400");
+        assert_eq!(c.database_url(), "sqlite://./keyward-data/keyward.db");
+        assert_eq!(c.log_filter, "info");
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_line_and_key() {
+        let (_dir, args) = with_file("listen = \"127.0.0.1:1\"\n\nbogus_key = 1\n");
+        let err = format!("{:#}", load(&args, &[]).expect_err("unknown key"));
+        assert!(err.contains("keyward.toml:3:1"), "{err}");
+        assert!(err.contains("unknown key `bogus_key`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        std::fs::write(&path, "  postgres://u:p@h/db\n").expect("write");
+        let path = path.to_string_lossy().into_owned();
+        let c = load(
+            &ServeArgs::default(),
+            &[("KEYWARD_DATABASE_URL_FILE", &path)],
+        )
+        .expect("ok");
+        assert_eq!(c.database_url(), "postgres://u:p@h/db");
+        assert!(!c.database_in_data_dir());
+
+        let both = [
+            ("KEYWARD_DATABASE_URL_FILE", path.as_str()),
+            ("KEYWARD_DATABASE_URL", "sqlite://x"),
+        ];
+        assert!(load(&ServeArgs::default(), &both).is_err());
+    }
+
+    #[test]
+    fn bad_environment_values_are_errors() {
+        for (k, v) in [
+            ("KEYWARD_LISTEN", "nope"),
+            ("KEYWARD_WORKERS", "0"),
+            ("KEYWARD_WORKERS", "many"),
+            ("KEYWARD_LOG_FORMAT", "xml"),
+        ] {
+            let err = load(&ServeArgs::default(), &[(k, v)]).expect_err(k);
+            assert!(format!("{err:#}").contains(k), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn database_urls_are_logged_without_passwords() {
+        assert_eq!(
+            redact_url("postgres://kw:hunter2@db:5432/kw?password=x"),
+            "postgres://kw:***@db:5432/kw"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/k.db"), "sqlite:///tmp/k.db");
+        assert_eq!(redact_url("sqlite:kw.db"), "sqlite:kw.db");
+        assert_eq!(redact_url("garbage"), "<unparseable url>");
+    }
+}

@@ -1,0 +1,264 @@
+//! Black-box helpers: run the real `keyward` binary on port 0 with a fresh database.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The binary under test.
+pub fn keyward_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keyward")
+}
+
+/// A `keyward` command isolated from the caller's environment and working directory.
+pub fn keyward(cwd: &Path) -> Command {
+    let mut cmd = Command::new(keyward_bin());
+    cmd.current_dir(cwd);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYWARD_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// A running server and what a test needs to talk to it. Killed on drop.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub root_key: String,
+    pub data_dir: PathBuf,
+    pub child: Child,
+    /// Everything the server wrote to stderr, as it arrives.
+    pub logs: Arc<Mutex<String>>,
+    pub database_url: Option<String>,
+    /// Kept last so the directory outlives the process using it.
+    _tmp: tempfile::TempDir,
+    _db: Option<PgDatabase>,
+}
+
+impl TestApp {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A `keyward` command pointed at this server with `KEYWARD_URL` and `KEYWARD_ROOT_KEY`.
+    pub fn cli(&self) -> Command {
+        let mut cmd = keyward(&self.data_dir);
+        cmd.env("KEYWARD_URL", self.url())
+            .env("KEYWARD_ROOT_KEY", &self.root_key);
+        cmd
+    }
+
+    /// The server's stderr so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for keyward") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyward did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `keyward serve` on port 0 with SQLite in a fresh temporary data dir.
+pub fn spawn_app() -> TestApp {
+    spawn_with(None, None)
+}
+
+/// Like [`spawn_app`], on a fresh PostgreSQL database `kw_bb_<random>` dropped afterwards.
+/// `None` (after printing a skip notice) when PostgreSQL is unreachable, unless `CI=true`.
+pub fn spawn_app_pg() -> Option<TestApp> {
+    let db = match PgDatabase::create() {
+        Ok(db) => db,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("PostgreSQL at {PG_ADMIN_URL} is required in CI but unreachable: {e}");
+            }
+            eprintln!("skipping: PostgreSQL at {PG_ADMIN_URL} is unreachable: {e}");
+            return None;
+        }
+    };
+    let url = db.url.clone();
+    Some(spawn_with(Some(url), Some(db)))
+}
+
+fn spawn_with(database_url: Option<String>, db: Option<PgDatabase>) -> TestApp {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data_dir = tmp.path().join("data");
+    let mut cmd = keyward(tmp.path());
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data_dir);
+    if let Some(url) = &database_url {
+        cmd.args(["--database-url", url]);
+    }
+    let mut child = cmd
+        .env("KEYWARD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyward serve");
+
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let logs = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    {
+        let logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut l) = logs.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                if let Some(rest) = line.strip_prefix("keyward listening on http://") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_owned());
+                    }
+                }
+            }
+        });
+    }
+
+    let addr = match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(addr) => addr.parse().expect("listening address"),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
+            panic!("keyward serve did not report its address within 30 s; stderr:\n{logs}");
+        }
+    };
+
+    let mut create = keyward(tmp.path());
+    create
+        .args([
+            "root-keys",
+            "create",
+            "--name",
+            "test",
+            "--permissions",
+            "*",
+            "--data-dir",
+        ])
+        .arg(&data_dir);
+    if let Some(url) = &database_url {
+        create.args(["--database-url", url]);
+    }
+    let out = create.output().expect("run root-keys create");
+    assert_success(&out, "root-keys create");
+    let root_key = stdout_text(&out).trim().to_owned();
+
+    TestApp {
+        addr,
+        root_key,
+        data_dir,
+        child,
+        logs,
+        database_url,
+        _tmp: tmp,
+        _db: db,
+    }
+}
+
+/// Panics with both streams when a command failed.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stdout_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A throwaway PostgreSQL database, dropped (with its connections) on drop.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    fn create() -> Result<Self, String> {
+        let name = format!("kw_bb_{:016x}", rand::random::<u64>());
+        let sql = format!("CREATE DATABASE {name}");
+        run_admin_sql(sql)?;
+        Ok(Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = run_admin_sql(sql) {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Runs one statement on the admin database from a fresh thread with its own runtime, so it
+/// works both inside and outside an async test (and from `Drop`).
+fn run_admin_sql(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            use sqlx::Connection as _;
+            let connect = sqlx::PgConnection::connect(PG_ADMIN_URL);
+            let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
+                .await
+                .map_err(|_| "timed out connecting".to_owned())?
+                .map_err(|e| e.to_string())?;
+            sqlx::query(&sql)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            conn.close().await.map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| "admin thread panicked".to_owned())?
+}
