@@ -1,1 +1,211 @@
-//! placeholder
+//! keyward's HTTP server: the admin API, verify, and operations routes, with their middleware.
+//!
+//! [`router`] builds the whole app over an [`AppState`] so tests can drive it in memory;
+//! [`Application`] binds a socket and serves it with graceful shutdown.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Request};
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use error::{ApiError, REQUEST_ID_HEADER};
+use keyward_core::service::Service;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+/// The default request body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<Service>,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(service: Arc<Service>) -> Self {
+        Self {
+            service,
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// How the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Port 0 picks a free port; see [`Application::local_addr`].
+    pub listen: SocketAddr,
+    /// Largest accepted request body, in bytes. Default 1 MiB.
+    pub body_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            body_limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+}
+
+/// The whole app: every route, with the security and operations middleware.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
+
+    // Security: admin responses describe keys and must not be stored by caches or browsers.
+    let v1 = Router::new()
+        .merge(routes::apis::router())
+        .merge(routes::projects::router())
+        .merge(routes::keys::router())
+        .merge(routes::root_keys::router())
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ));
+
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    let middleware = ServiceBuilder::new()
+        // Security: marked before tracing so credentials never reach a log line.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+        ]))
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(axum::middleware::from_fn(error::render_problems))
+        .layer(CatchPanicLayer::custom(on_panic))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+
+    Router::new()
+        .merge(v1)
+        .merge(routes::ops::router())
+        .fallback(route_not_found)
+        .layer(middleware)
+        .with_state(state)
+}
+
+/// The request span: method, path without the query string (which may carry anything), and
+/// request id. Never bodies.
+fn make_span<B>(req: &Request<B>) -> tracing::Span {
+    let request_id = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = %req.uri().path(),
+        request_id,
+    )
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    // The payload may hold request data; the panic hook has already printed the location.
+    tracing::error!("handler panicked");
+    axum::response::IntoResponse::into_response(ApiError::internal())
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::route_not_found()
+}
+
+/// A bound, not yet serving, server.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+}
+
+impl Application {
+    /// Binds `settings.listen` (port 0 works) and builds the router.
+    pub async fn build(settings: Settings, service: Arc<Service>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(settings.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let state = AppState {
+            service,
+            body_limit: settings.body_limit,
+        };
+        Ok(Self {
+            listener,
+            local_addr,
+            router: router(state),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and lets requests in flight
+    /// finish.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let listener = self.listener.tap_io(|tcp| {
+            // Small request/response pairs: do not wait for Nagle.
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::trace!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        tracing::info!(addr = %self.local_addr, "listening");
+        axum::serve(listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

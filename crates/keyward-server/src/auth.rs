@@ -1,0 +1,59 @@
+//! Root-key authentication for admin routes: `Authorization: Bearer <root key>` → [`Actor`].
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use keyward_core::service::Actor;
+use std::sync::Arc;
+
+/// The authenticated caller. Extracting it answers `401` for a missing, malformed, unknown
+/// or revoked root key. Permissions are checked by the service, not here.
+#[derive(Debug, Clone)]
+pub struct Auth(pub Arc<Actor>);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .ok_or_else(ApiError::unauthorized)?;
+        // The service caches known root keys, so this is a map lookup on the hot path.
+        match state.service.authenticate(token).await? {
+            Some(actor) => Ok(Auth(actor)),
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// The credentials of a `Bearer` authorization (scheme is case-insensitive, RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = token.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_needs_a_token() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
+}

@@ -1,0 +1,303 @@
+//! The one mapping from failures to HTTP: `ApiError`, rendered as RFC 9457 problem+json.
+//!
+//! Handlers and extractors return [`ApiError`]; its response carries a [`Problem`] in the
+//! response extensions and an empty body. The [`render_problems`] middleware, which knows the
+//! request id, writes the body. It also turns the bare error responses that axum and
+//! tower-http produce themselves (405, 413, panics, path rejections) into the same shape, so
+//! every error a client sees has one format.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keyward_core::error::Kind;
+use keyward_core::{Error, StoreError};
+use serde::Serialize;
+use std::borrow::Cow;
+use utoipa::ToSchema;
+
+/// The header a request id is read from and echoed in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error on its way to the client: a status, a stable snake_case `code`, and a detail
+/// that is safe to show (never a secret, a field value or backend text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: Cow<'static, str>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn invalid(field: &str, message: &str) -> Self {
+        Self::bad_request("invalid_request", format!("{field}: {message}"))
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid root key is required: send `Authorization: Bearer <root key>`",
+        )
+    }
+
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is larger than this server accepts",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "an internal error occurred; it has been logged",
+        )
+    }
+
+    pub fn route_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "no route matches this path",
+        )
+    }
+
+    /// The problem for an error response that did not come from an `ApiError` (axum's own
+    /// rejections, tower-http layers). Keyed by status only: their bodies are not ours to echo.
+    fn for_bare_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::METHOD_NOT_ALLOWED => Self::new(
+                status,
+                "method_not_allowed",
+                "this route does not accept that method",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => unsupported_media_type(),
+            StatusCode::NOT_FOUND => Self::route_not_found(),
+            StatusCode::UNAUTHORIZED => Self::unauthorized(),
+            s if s.is_server_error() => Self {
+                status: s,
+                ..Self::internal()
+            },
+            s => Self::new(s, "invalid_request", "the request could not be processed"),
+        }
+    }
+}
+
+pub(crate) fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "expected `Content-Type: application/json`",
+    )
+}
+
+fn not_found_code(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Workspace => "workspace_not_found",
+        Kind::Api => "api_not_found",
+        Kind::Project => "project_not_found",
+        Kind::Key => "key_not_found",
+        Kind::RootKey => "root_key_not_found",
+    }
+}
+
+/// The table: each domain error to one status and one code.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound(kind) => Self::new(
+                StatusCode::NOT_FOUND,
+                not_found_code(kind),
+                format!("{kind} not found"),
+            ),
+            Error::Invalid { field, message } => Self::invalid(&field, &message),
+            Error::InvalidExpression { position, message } => Self::bad_request(
+                "invalid_permission_expression",
+                format!("invalid permission expression at position {position}: {message}"),
+            ),
+            Error::Conflict { code, message } => Self::new(StatusCode::CONFLICT, code, message),
+            Error::Forbidden(permission) => Self::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_permissions",
+                format!("this root key lacks the permission `{permission}`"),
+            ),
+            Error::Store(StoreError::Conflict(cause)) => {
+                // Security: backend text (table and column names) stays in the log.
+                tracing::debug!(%cause, "store conflict");
+                Self::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the request conflicts with an existing object",
+                )
+            }
+            Error::Store(store) => {
+                log_cause_chain(&store);
+                Self::internal()
+            }
+        }
+    }
+}
+
+/// Logs an error and its sources once, as one event.
+pub(crate) fn log_cause_chain(e: &(dyn std::error::Error + 'static)) {
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    tracing::error!(error = %chain, "internal error");
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = self.status.into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+/// The body of every error response (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemResponse {
+    /// Always `about:blank`: the `code` member identifies the problem.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The status's reason phrase.
+    pub title: &'static str,
+    pub status: u16,
+    /// Stable snake_case code, e.g. `key_not_found`.
+    pub code: &'static str,
+    pub detail: String,
+    /// The request's `x-request-id`.
+    pub request_id: Option<String>,
+}
+
+/// Middleware: writes the problem+json body of every error response, with the request id.
+pub async fn render_problems(req: Request, next: Next) -> Response {
+    let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
+    let mut res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let problem = match res.extensions_mut().remove::<ApiError>() {
+        Some(p) => p,
+        None => ApiError::for_bare_status(status),
+    };
+    let body = ProblemResponse {
+        kind: "about:blank",
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        code: problem.code,
+        detail: problem.detail.into_owned(),
+        request_id: request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    // Cannot fail for a struct of strings; an empty body still carries the status.
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let (mut parts, _) = res.into_parts();
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_domain_error_has_one_status_and_code() {
+        let cases: Vec<(Error, StatusCode, &str)> = vec![
+            (
+                Error::NotFound(Kind::Key),
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+            ),
+            (
+                Error::NotFound(Kind::RootKey),
+                StatusCode::NOT_FOUND,
+                "root_key_not_found",
+            ),
+            (
+                Error::invalid("name", "must not be empty"),
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+            ),
+            (
+                Error::InvalidExpression {
+                    position: 3,
+                    message: "x".into(),
+                },
+                StatusCode::BAD_REQUEST,
+                "invalid_permission_expression",
+            ),
+            (
+                Error::Conflict {
+                    code: "prefix_taken",
+                    message: "m".into(),
+                },
+                StatusCode::CONFLICT,
+                "prefix_taken",
+            ),
+            (
+                Error::Forbidden("keys.write".into()),
+                StatusCode::FORBIDDEN,
+                "insufficient_permissions",
+            ),
+            (
+                Error::Store(StoreError::Conflict("UNIQUE failed: keys.digest".into())),
+                StatusCode::CONFLICT,
+                "conflict",
+            ),
+            (
+                Error::Store(StoreError::Corrupt("row 7: secret stuff".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+            ),
+        ];
+        for (err, status, code) in cases {
+            let api = ApiError::from(err);
+            assert_eq!((api.status, api.code), (status, code));
+        }
+    }
+
+    #[test]
+    fn backend_text_never_reaches_the_detail() {
+        let api = ApiError::from(Error::Store(StoreError::Corrupt("secret stuff".into())));
+        assert!(!api.detail.contains("secret"));
+        let api = ApiError::from(Error::Store(StoreError::Conflict("keys.digest".into())));
+        assert!(!api.detail.contains("digest"));
+    }
+}
