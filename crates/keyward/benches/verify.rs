@@ -1,0 +1,3 @@
+//! Criterion benchmarks of the in-process verify path (placeholder, filled in next).
+
+fn main() {}
