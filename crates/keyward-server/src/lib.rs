@@ -81,6 +81,16 @@ pub fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-store"),
         ));
 
+    let app = Router::new()
+        .merge(v1)
+        .merge(routes::ops::router())
+        .fallback(route_not_found)
+        .with_state(state);
+    with_middleware(app, body_limit)
+}
+
+/// Wraps routes in the security and operations middleware, outermost first.
+fn with_middleware(app: Router, body_limit: usize) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let middleware = ServiceBuilder::new()
         // Security: marked before tracing so credentials never reach a log line.
@@ -100,12 +110,7 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(DefaultBodyLimit::max(body_limit));
 
-    Router::new()
-        .merge(v1)
-        .merge(routes::ops::router())
-        .fallback(route_not_found)
-        .layer(middleware)
-        .with_state(state)
+    app.layer(middleware)
 }
 
 /// The request span: method, path without the query string (which may carry anything), and
@@ -208,4 +213,55 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_the_generic_500_problem() {
+        let app = Router::new().route(
+            "/boom",
+            get(|| async {
+                let secret: Option<&str> = None;
+                // Security: the payload must not reach the client.
+                #[allow(clippy::unnecessary_literal_unwrap)]
+                secret.expect("orders_SECRET in a panic message")
+            }),
+        );
+        let req = Request::get("/boom")
+            .header(REQUEST_ID_HEADER, "r1")
+            .body(Body::empty())
+            .unwrap_or_default();
+        let res = with_middleware(app, DEFAULT_BODY_LIMIT)
+            .oneshot(req)
+            .await
+            .map_err(|e| e.to_string());
+        let Ok(res) = res else {
+            panic!("infallible: {res:?}");
+        };
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = res.into_body().collect().await.map(|b| b.to_bytes());
+        let body: serde_json::Value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "type": "about:blank",
+                "title": "Internal Server Error",
+                "status": 500,
+                "code": "internal_error",
+                "detail": "an internal error occurred; it has been logged",
+                "request_id": "r1",
+            })
+        );
+    }
 }
