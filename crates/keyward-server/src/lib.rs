@@ -17,16 +17,18 @@ use error::{ApiError, REQUEST_ID_HEADER};
 use keyward_core::service::Service;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 /// The default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1 << 20;
@@ -98,11 +100,14 @@ fn with_middleware(app: Router, body_limit: usize) -> Router {
             header::AUTHORIZATION,
             HeaderName::from_static("x-api-key"),
         ]))
-        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(
+            request_id.clone(),
+            SequentialRequestId::new(),
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(on_response),
         )
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(axum::middleware::from_fn(error::render_problems))
@@ -127,6 +132,50 @@ fn make_span<B>(req: &Request<B>) -> tracing::Span {
         path = %req.uri().path(),
         request_id,
     )
+}
+
+/// One line per response: successes at DEBUG (verify is the hot path; a line per call at
+/// INFO would cost more than the call), everything else at INFO. 5xx are also logged at
+/// ERROR by the trace layer's failure hook.
+fn on_response<B>(
+    res: &axum::response::Response<B>,
+    latency: std::time::Duration,
+    _: &tracing::Span,
+) {
+    let status = res.status().as_u16();
+    let latency_us = latency.as_micros() as u64;
+    if res.status().is_success() {
+        tracing::debug!(status, latency_us, "response");
+    } else {
+        tracing::info!(status, latency_us, "response");
+    }
+}
+
+/// Request ids for requests that arrive without one: a random per-process prefix and a
+/// counter. Unique across nodes without a syscall per request.
+#[derive(Clone)]
+struct SequentialRequestId {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl SequentialRequestId {
+    fn new() -> Self {
+        let now_ms = keyward_core::clock::to_unix_ms(time::OffsetDateTime::now_utc());
+        Self {
+            prefix: keyward_core::id::new_id("req", now_ms).into(),
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
