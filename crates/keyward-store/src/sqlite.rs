@@ -77,3 +77,41 @@ impl SqliteStore {
 }
 
 sql::impl_store!(SqliteStore);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pragma(store: &SqliteStore, name: &str) -> String {
+        let value: Result<String, _> =
+            sqlx::query_scalar(&format!("SELECT CAST(({}) AS TEXT)", name))
+                .fetch_one(&store.pool)
+                .await;
+        value.unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn connections_are_durable_wal_with_foreign_keys_and_a_busy_timeout() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let store = SqliteStore::open(&dir.path().join("kw.db"))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        assert_eq!(
+            pragma(&store, "SELECT journal_mode FROM pragma_journal_mode").await,
+            "wal"
+        );
+        // 2 = FULL: every commit is fsynced, so an acknowledged write survives `kill -9`.
+        assert_eq!(
+            pragma(&store, "SELECT synchronous FROM pragma_synchronous").await,
+            "2"
+        );
+        assert_eq!(
+            pragma(&store, "SELECT foreign_keys FROM pragma_foreign_keys").await,
+            "1"
+        );
+        assert_eq!(
+            pragma(&store, "SELECT timeout FROM pragma_busy_timeout").await,
+            "5000"
+        );
+    }
+}

@@ -64,3 +64,83 @@ async fn an_acknowledged_write_is_visible_to_a_second_process_handle() {
         .expect("get from the server");
     assert_eq!(seen, Some(ws));
 }
+
+const CHILD_DB: &str = "KEYWARD_STORE_TEST_CHILD_DB";
+
+/// Not a test on its own: the writer process of
+/// `an_acknowledged_create_and_revoke_survive_kill_9`, which re-runs this test binary with
+/// only this test and `CHILD_DB` set. Without it, it does nothing.
+#[tokio::test]
+async fn helper_writer_process_for_the_kill_9_test() {
+    let Some(path) = std::env::var_os(CHILD_DB) else {
+        return;
+    };
+    use keyward_store::conformance::{api, key, new_workspace, T0};
+    let store = SqliteStore::open(std::path::Path::new(&path))
+        .await
+        .expect("open");
+    let ws = new_workspace(&store).await;
+    let a = api(&ws.id, T0);
+    store.insert_api(&a).await.expect("insert api");
+    let kept = key(&ws.id, &a.id, None, T0);
+    let revoked = key(&ws.id, &a.id, None, T0);
+    store.insert_key(&kept).await.expect("insert key");
+    store.insert_key(&revoked).await.expect("insert key");
+    let revoke = keyward_core::model::Key {
+        state: keyward_core::model::KeyState::Revoked,
+        revoked_at: Some(T0),
+        ..revoked.clone()
+    };
+    assert!(store.update_key(&revoke).await.expect("revoke"));
+    println!("ACK {} {} {}", ws.id, kept.id, revoked.id);
+    // Wait to be killed, with the pool (and its connections) still open.
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn an_acknowledged_create_and_revoke_survive_kill_9() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("kw.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    store.migrate().await.expect("migrate");
+
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "helper_writer_process_for_the_kill_9_test",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DB, &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn writer process");
+    let stdout = child.stdout.take().expect("child stdout");
+    let ack = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            // libtest prints `test name ... ` without a newline before the test's output.
+            .find_map(|line| line.split_once("ACK ").map(|(_, ids)| ids.to_owned()))
+    })
+    .await
+    .expect("read child output");
+    child.kill().expect("SIGKILL the writer"); // Child::kill sends SIGKILL on Unix.
+    let _ = child.wait();
+    let ack = ack.expect("the writer acknowledged its writes");
+    let ids: Vec<&str> = ack.split(' ').collect();
+    let [ws, kept, revoked] = ids[..] else {
+        panic!("bad ACK line: {ack}");
+    };
+
+    let reopened = SqliteStore::open(&path).await.expect("reopen");
+    let kept = reopened.get_key(ws, kept).await.expect("get kept");
+    assert!(kept.is_some(), "the acknowledged create survived");
+    let revoked = reopened.get_key(ws, revoked).await.expect("get revoked");
+    assert_eq!(
+        revoked.map(|k| k.state),
+        Some(keyward_core::model::KeyState::Revoked),
+        "the acknowledged revoke survived"
+    );
+}
