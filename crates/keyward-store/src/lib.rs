@@ -6,6 +6,7 @@
 
 pub mod conformance;
 mod error;
+mod migrations;
 mod postgres;
 mod rows;
 mod sql;

@@ -1,6 +1,7 @@
 //! The `Store` on PostgreSQL: the source of truth when keyward runs on several nodes.
 
-use crate::error::{map_migrate, map_sqlx};
+use crate::error::map_sqlx;
+use crate::migrations;
 use crate::rows::{
     listing, ms, ms_opt, page_after, page_limit, to_json, to_json_opt, ApiRow, KeyRow, ProjectRow,
     RootKeyRow, VerifyRow, WorkspaceRow,
@@ -11,7 +12,6 @@ use keyward_core::model::{
 };
 use keyward_core::store::StoreResult;
 use keyward_core::StoreError;
-use sqlx::migrate::Migrate;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
@@ -46,17 +46,8 @@ impl PgStore {
     /// Applies pending migrations; returns how many were applied. Safe to run from several
     /// nodes at once (sqlx serialises them with an advisory lock).
     pub async fn migrate(&self) -> Result<usize, StoreError> {
-        let migrator = sqlx::migrate!("./migrations/postgres");
-        let before = self.applied_migrations().await?;
-        migrator.run(&self.pool).await.map_err(map_migrate)?;
-        Ok(self.applied_migrations().await?.saturating_sub(before))
-    }
-
-    async fn applied_migrations(&self) -> Result<usize, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        conn.ensure_migrations_table().await.map_err(map_migrate)?;
-        let applied = conn.list_applied_migrations().await.map_err(map_migrate)?;
-        Ok(applied.len())
+        migrations::apply(sqlx::migrate!("./migrations/postgres"), &mut *conn).await
     }
 
     /// Closes every connection of the pool.

@@ -153,3 +153,20 @@ async fn a_failing_case_still_drops_its_database() {
         .expect("query pg_database");
     assert_eq!(left, 0, "{name} was dropped");
 }
+
+#[tokio::test]
+async fn nodes_migrating_at_once_apply_each_migration_once() {
+    in_fresh_database(|url| async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let url = url.clone();
+            tasks.spawn(async move { keyward_store::migrate(&url).await });
+        }
+        let mut total = 0;
+        while let Some(done) = tasks.join_next().await {
+            total += done.expect("join").expect("concurrent migrate");
+        }
+        assert_eq!(total, 1, "the one migration is applied exactly once");
+    })
+    .await;
+}
