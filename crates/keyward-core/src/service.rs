@@ -11,7 +11,7 @@ use crate::model::{
 };
 use crate::secret::KeyMaterial;
 use crate::store::Store;
-use crate::verify::{CachedKey, CheckResult, Code, KeyCache, VerifyResponse};
+use crate::verify::{CachedKey, CheckResult, Code, KeyCache, MissCache, VerifyResponse};
 use crate::{duration, id, keyfmt, perm};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,12 +63,17 @@ impl Actor {
     }
 }
 
+/// How many unknown digests the negative cache remembers before it starts over.
+const MISS_CACHE_CAPACITY: usize = 100_000;
+
 /// keyward's domain operations over a store, a clock and the peppers.
 pub struct Service {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     peppers: Arc<Peppers>,
     cache: KeyCache,
+    /// Digests of keys and root keys that were presented and do not exist.
+    misses: MissCache,
     /// Root keys by digest. Filled on first use, emptied of a key when it is revoked.
     root_cache: DashMap<[u8; 32], Arc<Actor>>,
     root_epoch: AtomicU64,
@@ -81,6 +86,7 @@ impl Service {
             clock,
             peppers,
             cache: KeyCache::new(),
+            misses: MissCache::new(MISS_CACHE_CAPACITY),
             root_cache: DashMap::new(),
             root_epoch: AtomicU64::new(0),
         }
@@ -117,6 +123,9 @@ impl Service {
         if let Some(actor) = self.root_cache.get(&current.bytes) {
             return Ok(Some(Arc::clone(actor.value())));
         }
+        if self.misses.contains(&current.bytes) {
+            return Ok(None);
+        }
         let epoch = self.root_epoch.load(Ordering::SeqCst);
         for candidate in self.peppers.candidates(token) {
             let Some(root) = self.store.find_root_key(&candidate.bytes).await? else {
@@ -138,6 +147,7 @@ impl Service {
             }
             return Ok(Some(actor));
         }
+        self.misses.insert(current.bytes);
         Ok(None)
     }
 
@@ -685,6 +695,12 @@ impl Service {
         };
         let api = self.load_api(&actor.workspace_id, &old.api_id).await?;
         let now = self.clock.now();
+        let grace_end = now
+            .checked_add(grace)
+            .ok_or_else(|| Error::invalid("grace_period", "too long"))?;
+        if grace < time::Duration::ZERO {
+            return Err(Error::invalid("grace_period", "must not be negative"));
+        }
         let material = keyfmt::generate(&api.prefix);
         let mut new = old.clone();
         new.id = self.new_id("key", now);
@@ -697,7 +713,6 @@ impl Service {
         new.last_used_at = None;
         self.store.insert_key(&new).await?;
 
-        let grace_end = now + grace;
         old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
         old.rotated_to = Some(new.id.clone());
         old.updated_at = now;
@@ -774,6 +789,9 @@ impl Service {
         if let Some(hit) = self.cache.get(&current.bytes) {
             return Ok(Some(hit));
         }
+        if self.misses.contains(&current.bytes) {
+            return Ok(None);
+        }
         let epoch = self.cache.epoch();
         for candidate in self.peppers.candidates(token) {
             let Some(record) = self.store.find_key(&candidate).await? else {
@@ -787,6 +805,7 @@ impl Service {
             }
             return Ok(Some(self.cache.fill(record, epoch)));
         }
+        self.misses.insert(current.bytes);
         Ok(None)
     }
 }

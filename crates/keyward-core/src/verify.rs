@@ -1176,3 +1176,61 @@ mod tests {
         }
     }
 }
+
+/// Digests recently looked up and not found, so that a flood of well-formed unknown keys is
+/// answered from memory instead of the store.
+///
+/// Security/correctness: an entry can only exist for a key that was presented before it
+/// existed. Keys are 256 random bits generated at creation, so that cannot happen for them;
+/// only imported keys could, and importing must call [`MissCache::clear`]. Bounded: when full
+/// it is emptied, which costs a few store round trips and never a wrong answer.
+#[derive(Debug)]
+pub struct MissCache {
+    map: DashMap<[u8; 32], (), DigestHashBuilder>,
+    capacity: usize,
+}
+
+impl MissCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: DashMap::with_hasher(DigestHashBuilder),
+            capacity,
+        }
+    }
+
+    pub fn contains(&self, digest: &[u8; 32]) -> bool {
+        self.map.contains_key(digest)
+    }
+
+    pub fn insert(&self, digest: [u8; 32]) {
+        if self.map.len() >= self.capacity {
+            self.map.clear();
+        }
+        self.map.insert(digest, ());
+    }
+
+    pub fn clear(&self) {
+        self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod miss_cache_tests {
+    use super::MissCache;
+
+    #[test]
+    fn miss_cache_remembers_misses_and_starts_over_when_full() {
+        let misses = MissCache::new(2);
+        misses.insert([1; 32]);
+        misses.insert([2; 32]);
+        assert!(misses.contains(&[1; 32]) && misses.contains(&[2; 32]));
+        misses.insert([3; 32]);
+        assert!(
+            !misses.contains(&[1; 32]),
+            "a full cache empties before inserting"
+        );
+        assert!(misses.contains(&[3; 32]));
+        misses.clear();
+        assert!(!misses.contains(&[3; 32]));
+    }
+}

@@ -812,7 +812,6 @@ async fn an_absurd_expiry_is_a_400() {
 }
 
 #[tokio::test]
-#[ignore = "core bug: Service::rotate_key computes `now + grace` unchecked and panics (caught as a 500)"]
 async fn an_absurd_grace_period_is_a_400() {
     let app = TestApp::new().await;
     let api = app.create_api("orders", "orders").await;
