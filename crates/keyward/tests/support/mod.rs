@@ -1,6 +1,8 @@
 //! Black-box helpers: run the real `keyward` binary on port 0 with a fresh database.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod http;
+
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,8 @@ pub struct TestApp {
     /// Everything the server wrote to stderr, as it arrives.
     pub logs: Arc<Mutex<String>>,
     pub database_url: Option<String>,
+    /// The `KEYWARD_LOG` filter the server runs with.
+    pub log_filter: String,
     /// Kept last so the directory outlives the process using it.
     _tmp: tempfile::TempDir,
     _db: Option<PgDatabase>,
@@ -81,6 +85,79 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Kills the server with SIGKILL (no chance to flush or clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9 keyward");
+        self.child.wait().expect("reap keyward");
+    }
+
+    /// Starts a new server on the same data dir (and database), after killing the current one
+    /// with SIGKILL if it still runs. Its stderr is appended to the same [`TestApp::logs`];
+    /// [`TestApp::addr`] changes. The root key stays valid: it lives in the database.
+    pub fn restart(&mut self) {
+        if self.child.try_wait().expect("poll keyward").is_none() {
+            self.kill9();
+        }
+        let cwd = self._tmp.path().to_owned();
+        let (child, addr) = start_server(
+            &cwd,
+            &self.data_dir,
+            self.database_url.as_deref(),
+            &self.log_filter,
+            Arc::clone(&self.logs),
+        );
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) to the server without waiting for it.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits (up to 30 s) for the server to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for keyward") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyward did not exit within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `keyward root-keys create` with direct database access (the bootstrap path), in
+    /// `workspace` (created if missing). Returns the plaintext root key.
+    pub fn create_root_key(&self, workspace: &str, permissions: &str) -> String {
+        let mut cmd = keyward(self._tmp.path());
+        cmd.args(["root-keys", "create", "--workspace", workspace])
+            .args([
+                "--name",
+                "extra",
+                "--permissions",
+                permissions,
+                "--data-dir",
+            ])
+            .arg(&self.data_dir);
+        if let Some(url) = &self.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        let out = cmd.output().expect("run root-keys create");
+        assert_success(&out, "root-keys create");
+        stdout_text(&out).trim().to_owned()
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -96,69 +173,53 @@ pub fn spawn_app() -> TestApp {
 /// Like [`spawn_app`], on a fresh PostgreSQL database `kw_bb_<random>` dropped afterwards.
 /// `None` (after printing a skip notice) when PostgreSQL is unreachable, unless `CI=true`.
 pub fn spawn_app_pg() -> Option<TestApp> {
-    let db = match PgDatabase::create() {
-        Ok(db) => db,
+    let db = fresh_pg_database()?;
+    let url = db.url.clone();
+    Some(spawn_with(Some(url), Some(db)))
+}
+
+/// Like [`spawn_app`], with `KEYWARD_LOG` set to `log` instead of `info`.
+pub fn spawn_app_with_log(log: &str) -> TestApp {
+    spawn_with_log(None, None, log)
+}
+
+/// Like [`spawn_app_pg`], with `KEYWARD_LOG` set to `log` instead of `info`.
+pub fn spawn_app_pg_with_log(log: &str) -> Option<TestApp> {
+    let db = fresh_pg_database()?;
+    let url = db.url.clone();
+    Some(spawn_with_log(Some(url), Some(db), log))
+}
+
+/// A fresh PostgreSQL database, or `None` (after a skip notice) when PostgreSQL is
+/// unreachable; panics instead under `CI=true`.
+fn fresh_pg_database() -> Option<PgDatabase> {
+    match PgDatabase::create() {
+        Ok(db) => Some(db),
         Err(e) => {
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("PostgreSQL at {PG_ADMIN_URL} is required in CI but unreachable: {e}");
             }
             eprintln!("skipping: PostgreSQL at {PG_ADMIN_URL} is unreachable: {e}");
-            return None;
+            None
         }
-    };
-    let url = db.url.clone();
-    Some(spawn_with(Some(url), Some(db)))
+    }
 }
 
 fn spawn_with(database_url: Option<String>, db: Option<PgDatabase>) -> TestApp {
+    spawn_with_log(database_url, db, "info")
+}
+
+fn spawn_with_log(database_url: Option<String>, db: Option<PgDatabase>, log: &str) -> TestApp {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data_dir = tmp.path().join("data");
-    let mut cmd = keyward(tmp.path());
-    cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data_dir);
-    if let Some(url) = &database_url {
-        cmd.args(["--database-url", url]);
-    }
-    let mut child = cmd
-        .env("KEYWARD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keyward serve");
-
-    let stderr = child.stderr.take().expect("stderr is piped");
     let logs = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    {
-        let logs = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut l) = logs.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-                if let Some(rest) = line.strip_prefix("keyward listening on http://") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(rest.trim().to_owned());
-                    }
-                }
-            }
-        });
-    }
-
-    let addr = match rx.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(addr) => addr.parse().expect("listening address"),
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
-            panic!("keyward serve did not report its address within 30 s; stderr:\n{logs}");
-        }
-    };
+    let (child, addr) = start_server(
+        tmp.path(),
+        &data_dir,
+        database_url.as_deref(),
+        log,
+        Arc::clone(&logs),
+    );
 
     let mut create = keyward(tmp.path());
     create
@@ -186,8 +247,65 @@ fn spawn_with(database_url: Option<String>, db: Option<PgDatabase>) -> TestApp {
         child,
         logs,
         database_url,
+        log_filter: log.to_owned(),
         _tmp: tmp,
         _db: db,
+    }
+}
+
+/// Runs `keyward serve` on port 0 over `data_dir` (and `database_url`), appending its stderr
+/// to `logs`, and waits for it to report its address.
+fn start_server(
+    cwd: &Path,
+    data_dir: &Path,
+    database_url: Option<&str>,
+    log: &str,
+    logs: Arc<Mutex<String>>,
+) -> (Child, SocketAddr) {
+    let mut cmd = keyward(cwd);
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir);
+    if let Some(url) = database_url {
+        cmd.args(["--database-url", url]);
+    }
+    let mut child = cmd
+        .env("KEYWARD_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn keyward serve");
+
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    {
+        let logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(mut l) = logs.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                if let Some(rest) = line.strip_prefix("keyward listening on http://") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_owned());
+                    }
+                }
+            }
+        });
+    }
+
+    match rx.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(addr) => (child, addr.parse().expect("listening address")),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
+            panic!("keyward serve did not report its address within 30 s; stderr:\n{logs}");
+        }
     }
 }
 
@@ -261,4 +379,33 @@ fn run_admin_sql(sql: String) -> Result<(), String> {
     })
     .join()
     .map_err(|_| "admin thread panicked".to_owned())?
+}
+
+/// Turns each `async fn NAME(app: &TestApp)` (or `&mut TestApp`) into a module `NAME` with
+/// two tests, `on_sqlite` and `on_postgres`, each on its own fresh server. The PostgreSQL
+/// test returns early, with a notice, when PostgreSQL is unreachable (and `CI` is not `true`).
+/// `both_backends!(log = "debug"; NAME, …)` runs the servers with that `KEYWARD_LOG`.
+#[macro_export]
+macro_rules! both_backends {
+    (log = $log:expr; $($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn on_sqlite() {
+                let mut app = $crate::support::spawn_app_with_log($log);
+                super::$name(&mut app).await;
+            }
+
+            #[tokio::test]
+            async fn on_postgres() {
+                let Some(mut app) = $crate::support::spawn_app_pg_with_log($log) else {
+                    eprintln!("skipping {}: PostgreSQL is unreachable", stringify!($name));
+                    return;
+                };
+                super::$name(&mut app).await;
+            }
+        }
+    )+};
+    ($($name:ident),+ $(,)?) => {
+        $crate::both_backends!(log = "info"; $($name),+);
+    };
 }
