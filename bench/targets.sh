@@ -1,0 +1,78 @@
+# keyward's targets for the shared load harness: pass this file as EXTRA_TARGETS to run.sh.
+# Sourced by run.sh after its set-up; see bench/README.md for the commands.
+#
+#   keyward-verify   `keyward serve --workers $SRV_N`, POST /v1/keys/verify {"key": …} with the
+#                    root key as bearer token; 1000 keys (of 100k in the store) in rotation.
+#                    Shaped like hello-post / verify, compared with hello-post.
+#
+# Knobs (env):
+#   KW_REPO        the keyward checkout to build (default: the repo holding this file)
+#   KW_BIN         keyward binary (default: $CARGO_TARGET_DIR/release/keyward, which run.sh points
+#                  at $BENCH_WORK/target; built from KW_REPO unless SKIP_BUILD=1)
+#   KW_SEED_BIN    the seeder (default: $CARGO_TARGET_DIR/release/examples/bench_seed)
+#   KW_SEED_DIR    seeded data dir, reused across runs (default: /dev/shm/kw-bench-seed, tmpfs so
+#                  that seeding does not wait on fsync)
+#   KW_SEED_KEYS   keys in the store (default: 100000)
+#   P_KW_VERIFY    port (default: 18120; run.sh's own ports are 18080-18110)
+#
+# Security note: LOAD_AUTH (the root key) is exported for every target, so hello-post and
+# verify receive byte-for-byte the same requests as keyward-verify. The key never appears on a
+# command line; it is read from a 0600 file.
+
+KW_REPO="${KW_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+KW_BIN="${KW_BIN:-$CARGO_TARGET_DIR/release/keyward}"
+KW_SEED_BIN="${KW_SEED_BIN:-$CARGO_TARGET_DIR/release/examples/bench_seed}"
+KW_SEED_DIR="${KW_SEED_DIR:-/dev/shm/kw-bench-seed}"
+KW_SEED_KEYS="${KW_SEED_KEYS:-100000}"
+P_KW_VERIFY="${P_KW_VERIFY:-18120}"
+
+EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify"
+
+kw_build() {
+    log "keyward: cargo build --release -p keyward --bin keyward --example bench_seed (in $KW_REPO, target $CARGO_TARGET_DIR)"
+    (cd "$KW_REPO" && timeout 1800 cargo build --release --locked -p keyward --bin keyward --example bench_seed \
+        >"$OUT/logs/keyward-build.log" 2>&1) || die "keyward build failed, see $OUT/logs/keyward-build.log"
+}
+
+kw_seed() {  # seeds into a scratch dir, then renames it, so a half-seeded dir is never reused
+    local tmp="$KW_SEED_DIR.partial"
+    [[ -n "$KW_SEED_DIR" && "$KW_SEED_DIR" != / ]] || die "KW_SEED_DIR is not set"
+    rm -rf -- "$tmp" "$KW_SEED_DIR"
+    log "keyward: seeding $KW_SEED_KEYS keys into $KW_SEED_DIR"
+    timeout 1800 "$KW_SEED_BIN" --data-dir "$tmp" --keys "$KW_SEED_KEYS" >"$OUT/logs/keyward-seed.log" 2>&1 \
+        || die "keyward seeding failed, see $OUT/logs/keyward-seed.log"
+    echo "$KW_SEED_KEYS" >"$tmp/seed.keys"
+    mv -- "$tmp" "$KW_SEED_DIR"
+}
+
+if [[ "${SKIP_BUILD:-0}" != 1 || ! -x "$KW_BIN" || ! -x "$KW_SEED_BIN" ]]; then
+    kw_build
+fi
+[[ -x "$KW_BIN" ]] || die "missing $KW_BIN"
+if [[ "$(cat "$KW_SEED_DIR/seed.keys" 2>/dev/null)" != "$KW_SEED_KEYS" || ! -s "$KW_SEED_DIR/load_keys.txt" ]]; then
+    kw_seed
+else
+    log "keyward: reusing the seeded data dir $KW_SEED_DIR ($KW_SEED_KEYS keys)"
+fi
+LOAD_AUTH="$(cat "$KW_SEED_DIR/root_key.txt")"
+export LOAD_AUTH
+{
+    echo "keyward: $("$KW_BIN" --version 2>&1) at $(cd "$KW_REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$KW_REPO" && git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'); binary $KW_BIN"
+    echo "keyward seed: $KW_SEED_DIR ($KW_SEED_KEYS keys)"
+} >>"$OUT/env.txt"
+
+start_extra_target() {
+    case "$1" in
+        keyward-verify)
+            DESC="keyward serve --workers $SRV_N: POST /v1/keys/verify, bearer root key, 1000 of $KW_SEED_KEYS keys"
+            BASE=hello-post; MODE=json; LPATH=/v1/keys/verify; PORT=$P_KW_VERIFY
+            KEYS_FILE="$KW_SEED_DIR/load_keys.txt"; WANT=200; EXPECT=2xx
+            # verify answers 200 with {"valid":false,"code":"NOT_FOUND"} for an unknown key
+            BAD_KEY="$(head -1 "$KW_SEED_DIR/unknown_keys.txt")"; BAD_WANT=200
+            port_free "$P_KW_VERIFY" || log "  WARNING: port $P_KW_VERIFY is busy before $1"
+            launch keyward-verify env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
+                "$KW_BIN" serve --listen "127.0.0.1:$P_KW_VERIFY" --data-dir "$KW_SEED_DIR" --workers "$SRV_N"
+            return 0 ;;
+        *) return 1 ;;
+    esac
+}
