@@ -221,6 +221,10 @@ pub struct Key {
     pub restrictions: Option<Restrictions>,
     pub rotated_from: Option<String>,
     pub rotated_to: Option<String>,
+    /// The key's analytics and counter identity: its own id, or (after a rotation) that of
+    /// the key it replaced. Rate-limit and quota counters are shared by every key with the
+    /// same identity, so a rotation carries them over.
+    pub identity_id: String,
     /// Why the key was disabled or revoked by keyward itself (e.g. retired as unused).
     pub state_reason: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
@@ -231,6 +235,45 @@ pub struct Key {
     pub revoked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
+    /// The request `ip` of the last use, when the verify call carried one.
+    pub last_used_ip: Option<String>,
+    /// When the usage quota was last refilled (or set); the next refill is due at the first
+    /// UTC midnight (daily) or first of the month (monthly) after it.
+    #[serde(skip)]
+    pub usage_refilled_at: Option<OffsetDateTime>,
+}
+
+/// A quota counter as flushed from memory, for every key sharing `identity_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaUpdate {
+    pub identity_id: String,
+    pub remaining: u64,
+    pub refilled_at: OffsetDateTime,
+}
+
+/// A key's last use as flushed from memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseUpdate {
+    pub key_id: String,
+    pub at: OffsetDateTime,
+    pub ip: Option<String>,
+}
+
+/// What [`crate::Store::record_usage`] writes in one go: counters and last uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageBatch {
+    pub quotas: Vec<QuotaUpdate>,
+    pub uses: Vec<UseUpdate>,
+}
+
+impl UsageBatch {
+    pub fn is_empty(&self) -> bool {
+        self.quotas.is_empty() && self.uses.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.quotas.len() + self.uses.len()
+    }
 }
 
 /// A key for keyward's own admin API, scoped to one workspace.

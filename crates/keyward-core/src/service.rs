@@ -9,6 +9,7 @@ use crate::model::{
     KeyFilter, KeyState, Listing, Meta, Page, Project, RateLimit, RootKey, RotateKeyRequest,
     UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyRequest,
 };
+use crate::records::{AuditRecord, Recorder, VerificationEvent};
 use crate::secret::KeyMaterial;
 use crate::store::Store;
 use crate::verify::{CachedKey, CheckResult, Code, KeyCache, MissCache, VerifyResponse};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 /// Who is acting: resolved from a root key (or, later, a portal user).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Actor {
     pub workspace_id: String,
     /// `rk_…` for a root key, `usr_…` for a portal user, `cli` for direct database access.
@@ -27,6 +28,10 @@ pub struct Actor {
     /// Root-key permission vocabulary (see [`perm::ROOT_PERMISSIONS`]); any of them may be
     /// narrowed to one api with a `:api_…` suffix. `X.write` implies `X.read`.
     pub permissions: Vec<String>,
+    /// The request this actor acts in (`x-request-id`), for the audit log.
+    pub request_id: Option<String>,
+    /// The client's address, for the audit log.
+    pub ip: Option<String>,
 }
 
 impl Actor {
@@ -77,6 +82,18 @@ pub struct Service {
     /// Root keys by digest. Filled on first use, emptied of a key when it is revoked.
     root_cache: DashMap<[u8; 32], Arc<Actor>>,
     root_epoch: AtomicU64,
+    /// Rate-limit and quota counters, and last uses waiting to be flushed.
+    limits: crate::limits::Limits,
+    /// Serialises usage writes, so a flush never writes an older counter over a newer one.
+    usage_writes: tokio::sync::Mutex<()>,
+    /// When each api's unused keys were last retired (unix ms), for [`Service::retire_due_keys`].
+    retired_at: DashMap<String, i64>,
+    /// Where every verdict goes (the access log); `None` records nothing.
+    recorder: Option<Arc<dyn Recorder>>,
+    /// Key lookups answered from memory (the key cache or the negative cache) …
+    cache_hits: AtomicU64,
+    /// … and those that went to the store.
+    cache_misses: AtomicU64,
 }
 
 impl Service {
@@ -89,7 +106,27 @@ impl Service {
             misses: MissCache::new(MISS_CACHE_CAPACITY),
             root_cache: DashMap::new(),
             root_epoch: AtomicU64::new(0),
+            limits: crate::limits::Limits::new(),
+            usage_writes: tokio::sync::Mutex::new(()),
+            retired_at: DashMap::new(),
+            recorder: None,
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
         }
+    }
+
+    /// Sends every verdict of [`Service::verify`] to `recorder`.
+    pub fn with_recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// `(hits, misses)` of key lookups since start: a hit was answered from memory.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
+        )
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -102,6 +139,13 @@ impl Service {
 
     pub fn cache(&self) -> &KeyCache {
         &self.cache
+    }
+
+    /// The current time at the millisecond precision the stores keep, so that what a create
+    /// returns is exactly what a later read returns.
+    fn now(&self) -> OffsetDateTime {
+        let t = self.clock.now();
+        t.replace_millisecond(t.millisecond()).unwrap_or(t)
     }
 
     fn new_id(&self, prefix: &str, now: OffsetDateTime) -> String {
@@ -139,6 +183,8 @@ impl Service {
                 workspace_id: root.workspace_id,
                 id: root.id,
                 permissions: root.permissions,
+                request_id: None,
+                ip: None,
             });
             self.root_cache.insert(candidate.bytes, Arc::clone(&actor));
             // A revocation that raced this load bumped the epoch: do not keep what we read.
@@ -160,12 +206,20 @@ impl Service {
     ) -> Result<(RootKey, KeyMaterial), Error> {
         check_name("workspace", workspace_name)?;
         check_root_permissions(&req.permissions)?;
-        let now = self.clock.now();
+        let now = self.now();
         let ws = self
             .store
             .ensure_workspace(workspace_name, &self.new_id("ws", now), now)
             .await?;
-        self.insert_root_key(&ws.id, req, now).await
+        let cli = Actor {
+            workspace_id: ws.id.clone(),
+            id: "cli".to_owned(),
+            ..Actor::default()
+        };
+        let (root, material) = self.insert_root_key(&ws.id, req, now).await?;
+        self.audit(&cli, "root_key.create", &root.id, root_key_changes(&root))
+            .await?;
+        Ok((root, material))
     }
 
     /// Needs `root_keys.write`; a root key can only hand out permissions it holds itself.
@@ -191,8 +245,11 @@ impl Service {
                 return Err(Error::Forbidden(p.clone()));
             }
         }
-        let now = self.clock.now();
-        self.insert_root_key(&actor.workspace_id, req, now).await
+        let now = self.now();
+        let (root, material) = self.insert_root_key(&actor.workspace_id, req, now).await?;
+        self.audit(actor, "root_key.create", &root.id, root_key_changes(&root))
+            .await?;
+        Ok((root, material))
     }
 
     async fn insert_root_key(
@@ -225,6 +282,7 @@ impl Service {
         page: Page,
     ) -> Result<Listing<RootKey>, Error> {
         actor.require("root_keys.read", None)?;
+        check_page(&page)?;
         Ok(self
             .store
             .list_root_keys(&actor.workspace_id, &page)
@@ -234,7 +292,10 @@ impl Service {
     /// Needs `root_keys.write`. Takes effect on the very next request.
     pub async fn revoke_root_key(&self, actor: &Actor, id: &str) -> Result<RootKey, Error> {
         actor.require("root_keys.write", None)?;
-        let now = self.clock.now();
+        if !plausible_id(id) {
+            return Err(Error::NotFound(Kind::RootKey));
+        }
+        let now = self.now();
         let root = self
             .store
             .revoke_root_key(&actor.workspace_id, id, now)
@@ -242,6 +303,9 @@ impl Service {
             .ok_or(Error::NotFound(Kind::RootKey))?;
         self.root_epoch.fetch_add(1, Ordering::SeqCst);
         self.root_cache.retain(|_, a| a.id != root.id);
+        let changes = serde_json::json!({ "revoked_at": rfc3339(root.revoked_at) });
+        self.audit(actor, "root_key.revoke", &root.id, changes)
+            .await?;
         Ok(root)
     }
 
@@ -250,7 +314,7 @@ impl Service {
     /// Needs `apis.write` for the workspace.
     pub async fn create_api(&self, actor: &Actor, req: CreateApiRequest) -> Result<Api, Error> {
         actor.require("apis.write", None)?;
-        let now = self.clock.now();
+        let now = self.now();
         let prefix = req
             .prefix
             .unwrap_or_else(|| keyfmt::DEFAULT_PREFIX.to_owned());
@@ -274,12 +338,15 @@ impl Service {
         };
         check_api(&api)?;
         self.store.insert_api(&api).await?;
+        self.audit(actor, "api.create", &api.id, created(&api))
+            .await?;
         Ok(api)
     }
 
     /// Needs `apis.read` (for the workspace, or for each api listed).
     pub async fn list_apis(&self, actor: &Actor, page: Page) -> Result<Listing<Api>, Error> {
         actor.require_any("apis.read")?;
+        check_page(&page)?;
         let mut listing = self.store.list_apis(&actor.workspace_id, &page).await?;
         listing
             .items
@@ -305,6 +372,7 @@ impl Service {
         actor.require_any("apis.write")?;
         let mut api = self.load_api(&actor.workspace_id, id).await?;
         actor.require("apis.write", Some(&api.id))?;
+        let before = api.clone();
         if let Some(v) = req.name {
             api.name = v;
         }
@@ -326,12 +394,14 @@ impl Service {
         if let Some(v) = req.policies {
             api.policies = v;
         }
-        api.updated_at = self.clock.now();
+        api.updated_at = self.now();
         check_api(&api)?;
         if !self.store.update_api(&api).await? {
             return Err(Error::NotFound(Kind::Api));
         }
         self.cache.invalidate_api(&api.id);
+        self.audit(actor, "api.update", &api.id, changed(&before, &api))
+            .await?;
         Ok(api)
     }
 
@@ -342,10 +412,12 @@ impl Service {
         actor.require("apis.write", Some(&api.id))?;
         let deleted = self
             .store
-            .delete_api(&actor.workspace_id, &api.id, self.clock.now())
+            .delete_api(&actor.workspace_id, &api.id, self.now())
             .await?;
         self.cache.invalidate_api(&api.id);
         if deleted {
+            self.audit(actor, "api.delete", &api.id, serde_json::json!({}))
+                .await?;
             Ok(())
         } else {
             Err(Error::NotFound(Kind::Api))
@@ -353,6 +425,9 @@ impl Service {
     }
 
     async fn load_api(&self, workspace_id: &str, id: &str) -> Result<Api, Error> {
+        if !plausible_id(id) {
+            return Err(Error::NotFound(Kind::Api));
+        }
         self.store
             .get_api(workspace_id, id)
             .await?
@@ -368,7 +443,7 @@ impl Service {
         req: CreateProjectRequest,
     ) -> Result<Project, Error> {
         actor.require("projects.write", None)?;
-        let now = self.clock.now();
+        let now = self.now();
         let project = Project {
             id: self.new_id("prj", now),
             workspace_id: actor.workspace_id.clone(),
@@ -382,6 +457,8 @@ impl Service {
         };
         check_project(&project)?;
         self.store.insert_project(&project).await?;
+        self.audit(actor, "project.create", &project.id, created(&project))
+            .await?;
         Ok(project)
     }
 
@@ -392,6 +469,7 @@ impl Service {
         page: Page,
     ) -> Result<Listing<Project>, Error> {
         actor.require("projects.read", None)?;
+        check_page(&page)?;
         Ok(self.store.list_projects(&actor.workspace_id, &page).await?)
     }
 
@@ -410,6 +488,7 @@ impl Service {
     ) -> Result<Project, Error> {
         actor.require("projects.write", None)?;
         let mut project = self.load_project(&actor.workspace_id, id).await?;
+        let before = project.clone();
         if let Some(v) = req.name {
             project.name = v;
         }
@@ -422,24 +501,36 @@ impl Service {
         if let Some(v) = req.rate_limits {
             project.rate_limits = v;
         }
-        project.updated_at = self.clock.now();
+        project.updated_at = self.now();
         check_project(&project)?;
         if !self.store.update_project(&project).await? {
             return Err(Error::NotFound(Kind::Project));
         }
         self.cache.invalidate_project(&project.id);
+        self.audit(
+            actor,
+            "project.update",
+            &project.id,
+            changed(&before, &project),
+        )
+        .await?;
         Ok(project)
     }
 
     /// Needs `projects.write`. Deletes the project and revokes all of its keys.
     pub async fn delete_project(&self, actor: &Actor, id: &str) -> Result<(), Error> {
         actor.require("projects.write", None)?;
+        if !plausible_id(id) {
+            return Err(Error::NotFound(Kind::Project));
+        }
         let deleted = self
             .store
-            .delete_project(&actor.workspace_id, id, self.clock.now())
+            .delete_project(&actor.workspace_id, id, self.now())
             .await?;
         self.cache.invalidate_project(id);
         if deleted {
+            self.audit(actor, "project.delete", id, serde_json::json!({}))
+                .await?;
             Ok(())
         } else {
             Err(Error::NotFound(Kind::Project))
@@ -447,6 +538,9 @@ impl Service {
     }
 
     async fn load_project(&self, workspace_id: &str, id: &str) -> Result<Project, Error> {
+        if !plausible_id(id) {
+            return Err(Error::NotFound(Kind::Project));
+        }
         self.store
             .get_project(workspace_id, id)
             .await?
@@ -474,7 +568,7 @@ impl Service {
                 "recoverable keys are not available in this version",
             ));
         }
-        let now = self.clock.now();
+        let now = self.now();
         let expires_at = resolve_expiry(req.expires_at, req.expires_in.as_deref(), now)?;
         if let (Some(limit), Some(project_id)) =
             (api.policies.max_active_keys_per_project, &req.project_id)
@@ -505,14 +599,24 @@ impl Service {
             restrictions: req.restrictions,
             rotated_from: None,
             rotated_to: None,
+            identity_id: String::new(),
             state_reason: None,
             created_at: now,
             updated_at: now,
             revoked_at: None,
             last_used_at: None,
+            last_used_ip: None,
+            usage_refilled_at: Some(now),
+        };
+        let key = Key {
+            // A new key counts against its own counters.
+            identity_id: key.id.clone(),
+            ..key
         };
         check_key(&key, &api)?;
         self.store.insert_key(&key).await?;
+        self.audit(actor, "key.create", &key.id, created(&key))
+            .await?;
         Ok((key, material))
     }
 
@@ -567,6 +671,15 @@ impl Service {
         page: Page,
     ) -> Result<Listing<Key>, Error> {
         actor.require("keys.read", filter.api_id.as_deref())?;
+        check_page(&page)?;
+        let ids = [filter.api_id.as_deref(), filter.project_id.as_deref()];
+        if ids.into_iter().flatten().any(|id| !plausible_id(id)) {
+            // No object has such an id: the filtered listing is empty.
+            return Ok(Listing {
+                items: Vec::new(),
+                next: None,
+            });
+        }
         Ok(self
             .store
             .list_keys(&actor.workspace_id, &filter, &page)
@@ -596,7 +709,8 @@ impl Service {
             return Err(revoked_conflict());
         }
         let api = self.load_api(&actor.workspace_id, &key.api_id).await?;
-        let now = self.clock.now();
+        let before = key.clone();
+        let now = self.now();
         if let Some(v) = req.name {
             key.name = v;
         }
@@ -632,6 +746,8 @@ impl Service {
         if let Some(v) = req.rate_limits {
             key.rate_limits = v;
         }
+        // A new usage limit replaces the live counter (it does not add to it).
+        let quota_reset = matches!(req.usage_limit, Some(Some(_)));
         if let Some(v) = req.usage_limit {
             key.usage_limit = v;
         }
@@ -646,6 +762,20 @@ impl Service {
             // Revoked (or deleted) between our read and our write.
             return Err(revoked_conflict());
         }
+        if let (true, Some(usage)) = (quota_reset, &key.usage_limit) {
+            let _serial = self.usage_writes.lock().await;
+            let update = self
+                .limits
+                .reset_quota(&key.identity_id, usage.remaining, now);
+            key.usage_refilled_at = Some(update.refilled_at);
+            let batch = crate::model::UsageBatch {
+                quotas: vec![update],
+                uses: Vec::new(),
+            };
+            self.store.record_usage(&batch).await?;
+        }
+        self.audit(actor, "key.update", &key.id, changed(&before, &key))
+            .await?;
         Ok(key)
     }
 
@@ -657,7 +787,7 @@ impl Service {
         if key.state == KeyState::Revoked {
             return Ok(key);
         }
-        let now = self.clock.now();
+        let now = self.now();
         key.state = KeyState::Revoked;
         key.revoked_at = Some(now);
         key.updated_at = now;
@@ -666,6 +796,9 @@ impl Service {
         if !updated {
             return self.load_key(&actor.workspace_id, id).await;
         }
+        let changes =
+            serde_json::json!({ "state": "revoked", "revoked_at": rfc3339(key.revoked_at) });
+        self.audit(actor, "key.revoke", &key.id, changes).await?;
         Ok(key)
     }
 
@@ -694,7 +827,7 @@ impl Service {
             None => time::Duration::ZERO,
         };
         let api = self.load_api(&actor.workspace_id, &old.api_id).await?;
-        let now = self.clock.now();
+        let now = self.now();
         let grace_end = now
             .checked_add(grace)
             .ok_or_else(|| Error::invalid("grace_period", "too long"))?;
@@ -711,6 +844,16 @@ impl Service {
         new.created_at = now;
         new.updated_at = now;
         new.last_used_at = None;
+        new.last_used_ip = None;
+        // Same identity (cloned), so the new key shares the old one's counters; its stored
+        // quota starts from the live one.
+        if let (Some(usage), Some((remaining, refilled_at))) = (
+            new.usage_limit.as_mut(),
+            self.limits.quota_of(&new.identity_id),
+        ) {
+            usage.remaining = remaining;
+            new.usage_refilled_at = Some(refilled_at);
+        }
         self.store.insert_key(&new).await?;
 
         old.expires_at = Some(old.expires_at.map_or(grace_end, |e| e.min(grace_end)));
@@ -721,10 +864,18 @@ impl Service {
         if !updated {
             return Err(revoked_conflict());
         }
+        let changes = serde_json::json!({
+            "rotated_to": new.id,
+            "expires_at": rfc3339(old.expires_at),
+        });
+        self.audit(actor, "key.rotate", &old.id, changes).await?;
         Ok((new, material))
     }
 
     async fn load_key(&self, workspace_id: &str, id: &str) -> Result<Key, Error> {
+        if !plausible_id(id) {
+            return Err(Error::NotFound(Kind::Key));
+        }
         self.store
             .get_key(workspace_id, id)
             .await?
@@ -741,10 +892,6 @@ impl Service {
         req: &VerifyRequest,
         explain: bool,
     ) -> Result<VerifyResponse, Error> {
-        actor.require_any("keys.verify")?;
-        if let Some(api_id) = req.api_id.as_deref() {
-            actor.require("keys.verify", Some(api_id))?;
-        }
         let expr = match req.permissions.as_deref() {
             Some(s) => Some(perm::parse(s).map_err(|e| Error::InvalidExpression {
                 position: e.position,
@@ -752,6 +899,37 @@ impl Service {
             })?),
             None => None,
         };
+        self.verify_parsed(actor, req, expr.as_ref(), explain).await
+    }
+
+    /// [`Service::verify`] with the permission expression already parsed (`req.permissions`
+    /// is ignored), for callers that check the same expression on every request (the
+    /// gateway parses each route's once, at load).
+    pub async fn verify_parsed(
+        &self,
+        actor: &Actor,
+        req: &VerifyRequest,
+        expr: Option<&perm::Expr>,
+        explain: bool,
+    ) -> Result<VerifyResponse, Error> {
+        let verdict = self.decide(actor, req, expr, explain).await?;
+        // The one recording call: after every check, limit and quota, with the final code.
+        self.record(actor, req, &verdict);
+        Ok(verdict)
+    }
+
+    /// The verdict of [`Service::verify_parsed`], unrecorded.
+    async fn decide(
+        &self,
+        actor: &Actor,
+        req: &VerifyRequest,
+        expr: Option<&perm::Expr>,
+        explain: bool,
+    ) -> Result<VerifyResponse, Error> {
+        actor.require_any("keys.verify")?;
+        if let Some(api_id) = req.api_id.as_deref() {
+            actor.require("keys.verify", Some(api_id))?;
+        }
         let token = req.key.expose();
         // Security: a key whose checksum fails never reaches the cache or the database.
         if keyfmt::parse(token).is_err() {
@@ -774,24 +952,148 @@ impl Service {
         {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         }
-        Ok(crate::verify::evaluate(
-            &cached,
-            req,
-            expr.as_ref(),
-            self.clock.now(),
-            explain,
-        ))
+        let now = self.now();
+        let mut resp = crate::verify::evaluate(&cached, req, expr, now, explain);
+        self.apply_rules(&cached, req, now, &mut resp);
+        Ok(resp)
+    }
+
+    /// The checks after permissions: records the use of a live key, then (if every earlier
+    /// check passed) charges its rate limits and quota, all or nothing.
+    fn apply_rules(
+        &self,
+        cached: &CachedKey,
+        req: &VerifyRequest,
+        now: OffsetDateTime,
+        resp: &mut VerifyResponse,
+    ) {
+        if matches!(resp.code, Code::Revoked | Code::Disabled | Code::Expired) {
+            return;
+        }
+        cached.rules.touch(&self.limits, now, req.ip.as_deref());
+        if resp.code != Code::Valid {
+            return;
+        }
+        let explain = resp.explain.is_some();
+        let charge = cached
+            .rules
+            .charge(&self.limits, now, req.cost.unwrap_or(1), explain);
+        if let Some(code) = charge.denied {
+            resp.code = code;
+            resp.valid = false;
+        }
+        resp.rate_limits = charge.rate_limits;
+        resp.usage = charge.usage;
+        if let Some(steps) = resp.explain.as_mut() {
+            steps.extend(charge.steps);
+        }
+    }
+
+    // --- usage persistence and retirement ---------------------------------------------------
+
+    /// Writes the quota counters and last uses changed since the last flush, in one store
+    /// call; returns how many were written. On failure they stay pending for the next flush.
+    /// The server calls this every second and once more on shutdown: a `kill -9` loses at
+    /// most what was charged since the last flush.
+    pub async fn flush_usage(&self) -> Result<usize, Error> {
+        let _serial = self.usage_writes.lock().await;
+        let pending = self.limits.take_dirty();
+        if pending.batch.is_empty() {
+            return Ok(0);
+        }
+        let n = pending.batch.len();
+        if let Err(e) = self.store.record_usage(&pending.batch).await {
+            self.limits.restore(pending);
+            return Err(e.into());
+        }
+        Ok(n)
+    }
+
+    /// Disables every active key unused (`COALESCE(last_used_at, created_at)`) for longer
+    /// than its api's `retire_unused_after`, with `state_reason` "retired: unused for …".
+    /// Returns how many keys were retired.
+    pub async fn retire_unused_keys(&self) -> Result<usize, Error> {
+        self.retire(false).await
+    }
+
+    /// [`Service::retire_unused_keys`] for the apis that are due: each api is checked every
+    /// tenth of its `retire_unused_after`, at least every second and at most every minute.
+    /// The server calls this every second.
+    pub async fn retire_due_keys(&self) -> Result<usize, Error> {
+        self.retire(true).await
+    }
+
+    async fn retire(&self, only_due: bool) -> Result<usize, Error> {
+        let apis = self.store.apis_retiring_unused_keys().await?;
+        if apis.is_empty() {
+            return Ok(0);
+        }
+        // Uses still in memory must count.
+        self.flush_usage().await?;
+        let now = self.now();
+        let now_ms = to_unix_ms(now);
+        let mut retired = 0;
+        for api in apis {
+            let Some(after) = api.policies.retire_unused_after.as_deref() else {
+                continue;
+            };
+            let Ok(unused) = duration::parse(after) else {
+                continue;
+            };
+            let every = (unused.whole_milliseconds() / 10).clamp(1_000, 60_000) as i64;
+            let last = self.retired_at.get(&api.id).map(|v| *v.value());
+            if only_due && last.is_some_and(|last| now_ms < last.saturating_add(every)) {
+                continue;
+            }
+            self.retired_at.insert(api.id.clone(), now_ms);
+            let Some(since) = now.checked_sub(unused) else {
+                continue;
+            };
+            let reason = format!("retired: unused for {after}");
+            let digests = self
+                .store
+                .retire_unused_keys(&api.workspace_id, &api.id, since, &reason, now)
+                .await?;
+            for digest in &digests {
+                self.cache.invalidate_key(digest);
+            }
+            retired += digests.len();
+        }
+        Ok(retired)
+    }
+
+    /// The actor a gateway in front of `api_id` verifies as: the api's workspace, holding
+    /// only `keys.verify:<api_id>`. `NotFound` if no live api has this id.
+    ///
+    /// Security: looks the api up across workspaces, which is only sound because the id comes
+    /// from the operator's gateway configuration, never from a request.
+    pub async fn gateway_actor(&self, api_id: &str) -> Result<Actor, Error> {
+        let api = self
+            .store
+            .get_api_unscoped(api_id)
+            .await?
+            .ok_or(Error::NotFound(Kind::Api))?;
+        Ok(Actor {
+            permissions: vec![format!("keys.verify:{}", api.id)],
+            workspace_id: api.workspace_id,
+            id: "gateway".to_owned(),
+            request_id: None,
+            ip: None,
+        })
     }
 
     /// The cached key for this plaintext, loading it from the store on a miss.
     async fn lookup(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Error> {
         let current = self.peppers.digest(token);
         if let Some(hit) = self.cache.get(&current.bytes) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(hit));
         }
         if self.misses.contains(&current.bytes) {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
+        self.cache_misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.cache.epoch();
         for candidate in self.peppers.candidates(token) {
             let Some(record) = self.store.find_key(&candidate).await? else {
@@ -803,11 +1105,112 @@ impl Service {
             {
                 return Ok(None);
             }
-            return Ok(Some(self.cache.fill(record, epoch)));
+            let cached = CachedKey::with_limits(record, &self.limits);
+            return Ok(Some(self.cache.fill_cached(cached, epoch)));
         }
         self.misses.insert(current.bytes);
         Ok(None)
     }
+}
+
+// --- records --------------------------------------------------------------------------
+
+/// Longest request attribute kept in the access log; longer ones are cut.
+const MAX_RECORDED_FIELD: usize = 512;
+
+impl Service {
+    /// Hands the verdict to the recorder. Never blocks and never fails.
+    fn record(&self, actor: &Actor, req: &VerifyRequest, verdict: &VerifyResponse) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        recorder.record(VerificationEvent {
+            id: String::new(),
+            time: self.now(),
+            workspace_id: actor.workspace_id.clone(),
+            api_id: verdict.api_id.clone().or_else(|| req.api_id.clone()),
+            key_id: verdict.key_id.clone(),
+            project_id: verdict.project_id.clone(),
+            code: verdict.code,
+            ip: recorded(req.ip.as_deref()),
+            method: recorded(req.method.as_deref()),
+            // Security: a query string may carry a credential (`?api_key=…`); keep the path.
+            path: recorded(
+                req.path
+                    .as_deref()
+                    .map(|p| p.split('?').next().unwrap_or(p)),
+            ),
+            origin: recorded(req.origin.as_deref()),
+            node: String::new(),
+        });
+    }
+
+    /// Appends a change to the workspace's audit chain. Called right after the change is
+    /// stored: if this fails the change stands, the caller gets the error, and the log says so.
+    async fn audit(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        changes: serde_json::Value,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let record = AuditRecord {
+            id: self.new_id("aud", now),
+            time: now,
+            workspace_id: actor.workspace_id.clone(),
+            actor: actor.id.clone(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            request_id: actor.request_id.clone(),
+            ip: actor.ip.clone(),
+            changes,
+        };
+        self.store.append_audit(&record).await?;
+        Ok(())
+    }
+}
+
+fn recorded(v: Option<&str>) -> Option<String> {
+    v.map(|v| match v.char_indices().nth(MAX_RECORDED_FIELD) {
+        Some((cut, _)) => v[..cut].to_owned(),
+        None => v.to_owned(),
+    })
+}
+
+fn rfc3339(t: Option<OffsetDateTime>) -> serde_json::Value {
+    t.and_then(|t| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    })
+    .map_or(serde_json::Value::Null, serde_json::Value::String)
+}
+
+/// Fields never copied into the audit log: bookkeeping, and `start` (a prefix of the key).
+const UNAUDITED: &[&str] = &["id", "created_at", "updated_at", "start", "last_used_at"];
+
+/// The audited fields of a new object. Security: only `Serialize` output, which never holds
+/// a digest or a plaintext key.
+fn created<T: serde::Serialize>(object: &T) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.retain(|k, _| !UNAUDITED.contains(&k.as_str()));
+    }
+    value
+}
+
+/// The new values of the fields that differ between `before` and `after`.
+fn changed<T: serde::Serialize>(before: &T, after: &T) -> serde_json::Value {
+    let before = serde_json::to_value(before).unwrap_or_default();
+    let mut after = serde_json::to_value(after).unwrap_or_default();
+    if let Some(map) = after.as_object_mut() {
+        map.retain(|k, v| !UNAUDITED.contains(&k.as_str()) && before.get(k) != Some(v));
+    }
+    after
+}
+
+fn root_key_changes(root: &RootKey) -> serde_json::Value {
+    serde_json::json!({ "name": root.name, "permissions": root.permissions })
 }
 
 fn denied(code: Code, explain: bool, check: &str, reason: &str) -> VerifyResponse {
@@ -870,6 +1273,23 @@ fn resolve_expiry(
 }
 
 // --- validation -------------------------------------------------------------------------
+
+/// Whether `s` could be one of our ids (`{prefix}_{base62}`). Anything else — a NUL byte, a
+/// path, a key pasted by mistake — is answered as not found without a store round trip.
+fn plausible_id(s: &str) -> bool {
+    s.len() <= 64 && !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A cursor carries the last id of the previous page; anything else was not made by us.
+fn check_page(page: &Page) -> Result<(), Error> {
+    match page.after.as_deref() {
+        Some(after) if !plausible_id(after) => Err(Error::invalid(
+            "cursor",
+            "not a cursor returned by this listing",
+        )),
+        _ => Ok(()),
+    }
+}
 
 const MAX_NAME: usize = 256;
 const MAX_META_BYTES: usize = 16 * 1024;

@@ -7,15 +7,18 @@
 
 use crate::error::StoreError;
 use crate::model::{
-    Api, Key, KeyDigest, KeyFilter, Listing, Page, Project, RootKey, VerifyRecord, Workspace,
+    Api, Key, KeyDigest, KeyFilter, Listing, Page, Project, RootKey, UsageBatch, VerifyRecord,
+    Workspace,
 };
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// The access log, usage counts and audit log are stored through the
+/// [`RecordStore`](crate::records::RecordStore) supertrait.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: crate::records::RecordStore + Send + Sync + 'static {
     /// Cheap round trip used by `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -57,6 +60,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn insert_api(&self, api: &Api) -> StoreResult<()>;
     async fn get_api(&self, workspace_id: &str, id: &str) -> StoreResult<Option<Api>>;
+    /// The live api with this id in whatever workspace holds it.
+    ///
+    /// Security: the one lookup that crosses workspaces. Only for trusted in-process
+    /// components whose api id was configured by the operator (the gateway); never reachable
+    /// with an id taken from a request.
+    async fn get_api_unscoped(&self, id: &str) -> StoreResult<Option<Api>>;
     async fn list_apis(&self, workspace_id: &str, page: &Page) -> StoreResult<Listing<Api>>;
     /// Replaces every mutable field of the stored api with `api`'s (matched by workspace and
     /// id). Returns false if there is no such live api.
@@ -99,10 +108,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Listing<Key>>;
     /// Replaces every mutable field of the stored key (name, state, state_reason, permissions,
     /// roles, meta, expires_at, rate_limits, usage_limit, restrictions, rotated_from,
-    /// rotated_to, updated_at, revoked_at, last_used_at).
+    /// rotated_to, updated_at, revoked_at). Not the usage columns (`last_used_*`, the live
+    /// quota): those are [`Store::record_usage`]'s.
     /// Security: never un-revokes — returns false if the stored key is revoked or missing.
     async fn update_key(&self, key: &Key) -> StoreResult<bool>;
     /// The key with this digest (bytes are unique across versions), with its api and project,
     /// in one round trip. Keys of deleted apis are not returned.
     async fn find_key(&self, digest: &KeyDigest) -> StoreResult<Option<VerifyRecord>>;
+
+    // --- access rules -----------------------------------------------------------------
+
+    /// Writes usage flushed from memory, in one transaction, touching nothing else: each
+    /// quota's `usage_remaining`/`usage_refilled_at` on every key with that identity, and each
+    /// use's `last_used_at`/`last_used_ip` unless the stored use is already later.
+    /// `update_key` never writes these columns (nor `last_used_at`), so neither undoes the other.
+    async fn record_usage(&self, batch: &UsageBatch) -> StoreResult<()>;
+    /// Every live api (of every workspace) whose policies set `retire_unused_after`.
+    async fn apis_retiring_unused_keys(&self) -> StoreResult<Vec<Api>>;
+    /// Disables the active keys of the api whose `COALESCE(last_used_at, created_at)` is
+    /// before `unused_since`, with `reason` as their `state_reason`; returns their digests.
+    async fn retire_unused_keys(
+        &self,
+        workspace_id: &str,
+        api_id: &str,
+        unused_since: OffsetDateTime,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> StoreResult<Vec<[u8; 32]>>;
 }

@@ -155,9 +155,21 @@ pub struct CachedKey {
     /// `restrictions.ips` parsed; `None` when the key has no IP restriction. Entries that do
     /// not parse are dropped, so a list of only bad entries allows nothing (fails closed).
     ips: Option<Vec<IpNet>>,
+    /// Handles to the key's rate-limit and quota counters (empty from [`CachedKey::new`]).
+    pub rules: crate::limits::KeyRules,
 }
 
 impl CachedKey {
+    /// A cached key with its counters from `limits`.
+    pub fn with_limits(record: VerifyRecord, limits: &crate::limits::Limits) -> Self {
+        let rules = limits.rules_for(&record);
+        Self {
+            rules,
+            ..Self::new(record)
+        }
+    }
+
+    /// A cached key without counters: its rate limits and quota are not enforced.
     pub fn new(record: VerifyRecord) -> Self {
         let mut effective: Vec<String> = Vec::with_capacity(record.key.permissions.len());
         let roles = record
@@ -181,6 +193,7 @@ impl CachedKey {
             record,
             effective_permissions: effective,
             ips,
+            rules: crate::limits::KeyRules::default(),
         }
     }
 }
@@ -267,8 +280,13 @@ impl KeyCache {
     /// Caches `record` under its key's digest unless something was invalidated since
     /// `epoch_before_load`; returns the entry either way.
     pub fn fill(&self, record: VerifyRecord, epoch_before_load: u64) -> Arc<CachedKey> {
-        let digest = record.key.digest.bytes;
-        let cached = Arc::new(CachedKey::new(record));
+        self.fill_cached(CachedKey::new(record), epoch_before_load)
+    }
+
+    /// [`KeyCache::fill`] with a key already built (e.g. with its counters).
+    pub fn fill_cached(&self, cached: CachedKey, epoch_before_load: u64) -> Arc<CachedKey> {
+        let digest = cached.record.key.digest.bytes;
+        let cached = Arc::new(cached);
         // The entry guard holds the shard's write lock across the check and the insert.
         let entry = self.map.entry(digest);
         if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
@@ -736,11 +754,14 @@ mod tests {
                 restrictions: None,
                 rotated_from: None,
                 rotated_to: None,
+                identity_id: format!("key_{digest}"),
                 state_reason: None,
                 created_at: NOW,
                 updated_at: NOW,
                 revoked_at: None,
                 last_used_at: None,
+                last_used_ip: None,
+                usage_refilled_at: None,
             },
             api: Api {
                 id: api.to_owned(),

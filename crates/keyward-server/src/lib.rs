@@ -6,8 +6,10 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod gateway;
 pub mod openapi;
 pub mod routes;
+pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Request};
@@ -193,6 +195,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    service: Arc<Service>,
 }
 
 impl Application {
@@ -201,13 +204,14 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).await?;
         let local_addr = listener.local_addr()?;
         let state = AppState {
-            service,
+            service: Arc::clone(&service),
             body_limit: settings.body_limit,
         };
         Ok(Self {
             listener,
             local_addr,
             router: router(state),
+            service,
         })
     }
 
@@ -229,9 +233,13 @@ impl Application {
             }
         });
         tracing::info!(addr = %self.local_addr, "listening");
-        axum::serve(listener, self.router)
+        // Quota counters and last uses reach the store every second and once more at the end.
+        let usage_tasks = usage::UsageTasks::spawn(Arc::clone(&self.service));
+        let served = axum::serve(listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        usage_tasks.stop().await;
+        served
     }
 }
 

@@ -15,6 +15,8 @@ use keyward_core::model::{
     Project, RateLimit, Refill, RefillInterval, Restrictions, RootKey, UsageLimit, Workspace,
 };
 use keyward_core::{Store, StoreError};
+
+pub use crate::conformance_records::*;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -43,6 +45,14 @@ macro_rules! conformance_tests {
             key_filters_are_anded,
             workspaces_cannot_see_or_change_each_others_objects,
             timestamps_round_trip_at_millisecond_precision,
+            verifications_are_listed_newest_first_filtered_and_paged,
+            usage_counts_add_up_per_bucket_and_code,
+            records_older_than_their_retention_are_pruned,
+            audit_entries_chain_and_list_newest_first,
+            concurrent_audit_appends_never_fork_the_chain,
+            get_api_unscoped_finds_a_live_api_in_any_workspace,
+            record_usage_writes_counters_by_identity_and_never_an_older_use,
+            unused_keys_of_retiring_apis_are_disabled_with_a_reason,
         );
         #[tokio::test]
         async fn all_cases_pass_on_one_shared_store() {
@@ -73,7 +83,15 @@ pub async fn run_all(store: Arc<dyn Store>) {
     listings_of_25_by_10_yield_10_10_5_with_next(store.clone()).await;
     key_filters_are_anded(store.clone()).await;
     workspaces_cannot_see_or_change_each_others_objects(store.clone()).await;
-    timestamps_round_trip_at_millisecond_precision(store).await;
+    timestamps_round_trip_at_millisecond_precision(store.clone()).await;
+    verifications_are_listed_newest_first_filtered_and_paged(store.clone()).await;
+    usage_counts_add_up_per_bucket_and_code(store.clone()).await;
+    records_older_than_their_retention_are_pruned(store.clone()).await;
+    audit_entries_chain_and_list_newest_first(store.clone()).await;
+    concurrent_audit_appends_never_fork_the_chain(store.clone()).await;
+    get_api_unscoped_finds_a_live_api_in_any_workspace(store.clone()).await;
+    record_usage_writes_counters_by_identity_and_never_an_older_use(store.clone()).await;
+    unused_keys_of_retiring_apis_are_disabled_with_a_reason(store).await;
 }
 
 // --- fixtures --------------------------------------------------------------------------
@@ -197,8 +215,10 @@ pub fn project(workspace_id: &str, now: OffsetDateTime) -> Project {
 
 /// A key with every optional field set.
 pub fn key(workspace_id: &str, api_id: &str, project_id: Option<&str>, now: OffsetDateTime) -> Key {
+    let id = new_id("key", ms(now));
     Key {
-        id: new_id("key", ms(now)),
+        identity_id: id.clone(),
+        id,
         workspace_id: workspace_id.to_owned(),
         api_id: api_id.to_owned(),
         project_id: project_id.map(str::to_owned),
@@ -231,6 +251,8 @@ pub fn key(workspace_id: &str, api_id: &str, project_id: Option<&str>, now: Offs
         updated_at: now,
         revoked_at: None,
         last_used_at: Some(now + Duration::minutes(5)),
+        last_used_ip: Some("2001:db8::7".to_owned()),
+        usage_refilled_at: Some(now),
     }
 }
 
@@ -254,6 +276,8 @@ pub fn bare_key(
         rotated_to: None,
         state_reason: None,
         last_used_at: None,
+        last_used_ip: None,
+        usage_refilled_at: None,
         ..key(workspace_id, api_id, None, now)
     }
 }
@@ -619,9 +643,15 @@ pub async fn key_insert_get_update_round_trips_every_field(store: Arc<dyn Store>
         ..full.clone()
     };
     assert!(store.update_key(&changed).await.step("update"));
+    // The usage columns are record_usage's: update_key leaves the live quota and last use.
     let expected = Key {
         start: full.start.clone(),
         created_at: full.created_at,
+        last_used_at: full.last_used_at,
+        usage_limit: Some(UsageLimit {
+            remaining: 99,
+            refill: None,
+        }),
         ..changed.clone()
     };
     let got = store.get_key(&ws.id, &full.id).await.step("get updated");
@@ -640,7 +670,13 @@ pub async fn key_insert_get_update_round_trips_every_field(store: Arc<dyn Store>
     };
     assert!(store.update_key(&cleared).await.step("clear optionals"));
     let got = store.get_key(&ws.id, &full.id).await.step("get cleared");
-    assert_eq!(got, Some(cleared));
+    assert_eq!(
+        got,
+        Some(Key {
+            last_used_at: full.last_used_at,
+            ..cleared
+        })
+    );
 
     let missing = bare_key(&ws.id, &a.id, None, T0);
     assert!(!store.update_key(&missing).await.step("update missing"));
@@ -1169,4 +1205,178 @@ pub async fn timestamps_round_trip_at_millisecond_precision(store: Arc<dyn Store
         ..rk
     };
     assert_eq!(got, Some(expected));
+}
+
+pub async fn get_api_unscoped_finds_a_live_api_in_any_workspace(store: Arc<dyn Store>) {
+    let ws_a = new_workspace(&*store).await;
+    let ws_b = new_workspace(&*store).await;
+    let a = api(&ws_a.id, T0);
+    let b = api(&ws_b.id, T0);
+    store.insert_api(&a).await.step("insert api a");
+    store.insert_api(&b).await.step("insert api b");
+    let got = store.get_api_unscoped(&a.id).await.step("get a");
+    assert_eq!(got, Some(a.clone()));
+    let got = store.get_api_unscoped(&b.id).await.step("get b");
+    assert_eq!(got.map(|x| x.workspace_id), Some(ws_b.id.clone()));
+    let missing = store.get_api_unscoped(&new_id("api", ms(T0))).await;
+    assert_eq!(missing.step("get missing"), None);
+    let deleted = store.delete_api(&ws_a.id, &a.id, at(60_000)).await;
+    assert!(deleted.step("delete"));
+    let got = store.get_api_unscoped(&a.id).await.step("get deleted");
+    assert_eq!(got, None, "deleted apis are invisible");
+}
+
+pub async fn record_usage_writes_counters_by_identity_and_never_an_older_use(
+    store: Arc<dyn Store>,
+) {
+    use keyward_core::model::{QuotaUpdate, UsageBatch, UseUpdate};
+    let ws = new_workspace(&*store).await;
+    let a = api(&ws.id, T0);
+    store.insert_api(&a).await.step("insert api");
+    let old = key(&ws.id, &a.id, None, T0);
+    // A rotation's successor shares the identity (and so the quota) of its predecessor.
+    let new = Key {
+        identity_id: old.identity_id.clone(),
+        ..key(&ws.id, &a.id, None, T0)
+    };
+    let other = key(&ws.id, &a.id, None, T0);
+    for k in [&old, &new, &other] {
+        store.insert_key(k).await.step("insert key");
+    }
+    let batch = UsageBatch {
+        quotas: vec![QuotaUpdate {
+            identity_id: old.identity_id.clone(),
+            remaining: 7,
+            refilled_at: at(5_000),
+        }],
+        uses: vec![
+            UseUpdate {
+                key_id: new.id.clone(),
+                at: at(3_600_000),
+                ip: Some("203.0.113.9".to_owned()),
+            },
+            // Older than what is stored: ignored.
+            UseUpdate {
+                key_id: other.id.clone(),
+                at: at(1),
+                ip: None,
+            },
+        ],
+    };
+    assert_eq!(batch.len(), 3);
+    store.record_usage(&batch).await.step("record usage");
+    store
+        .record_usage(&UsageBatch::default())
+        .await
+        .step("record nothing");
+    let get = |id: String| {
+        let store = store.clone();
+        let ws = ws.id.clone();
+        async move {
+            store
+                .get_key(&ws, &id)
+                .await
+                .step("get")
+                .unwrap_or_else(|| panic!("key {id} not found"))
+        }
+    };
+    let remaining = |k: &Key| k.usage_limit.as_ref().map(|u| u.remaining);
+    let (got_old, got_new, got_other) = (
+        get(old.id.clone()).await,
+        get(new.id.clone()).await,
+        get(other.id.clone()).await,
+    );
+    assert_eq!(remaining(&got_old), Some(7));
+    assert_eq!(remaining(&got_new), Some(7));
+    assert_eq!(got_old.usage_refilled_at, Some(at(5_000)));
+    assert_eq!(
+        got_other, other,
+        "other identities and older uses are untouched"
+    );
+    assert_eq!(got_new.last_used_at, Some(at(3_600_000)));
+    assert_eq!(got_new.last_used_ip.as_deref(), Some("203.0.113.9"));
+    assert_eq!(got_old.last_used_at, old.last_used_at);
+
+    // An admin's update does not undo the flushed counters, and vice versa.
+    let renamed = Key {
+        name: "renamed".to_owned(),
+        updated_at: at(10_000),
+        ..got_new.clone()
+    };
+    assert!(store.update_key(&renamed).await.step("update"));
+    let after = get(new.id.clone()).await;
+    assert_eq!(after.name, "renamed");
+    assert_eq!(remaining(&after), Some(7));
+    assert_eq!(after.last_used_at, Some(at(3_600_000)));
+}
+
+pub async fn unused_keys_of_retiring_apis_are_disabled_with_a_reason(store: Arc<dyn Store>) {
+    let ws = new_workspace(&*store).await;
+    let mut retiring = api(&ws.id, T0);
+    retiring.policies.retire_unused_after = Some("30d".to_owned());
+    let mut keeping = api(&ws.id, T0);
+    keeping.policies.retire_unused_after = None;
+    store.insert_api(&retiring).await.step("insert api");
+    store.insert_api(&keeping).await.step("insert api");
+    let found = store
+        .apis_retiring_unused_keys()
+        .await
+        .step("apis retiring");
+    assert!(found.iter().any(|a| a.id == retiring.id));
+    assert!(!found.iter().any(|a| a.id == keeping.id));
+
+    let day = 86_400_000;
+    // Never used, created at T0; used recently; used long ago; already disabled.
+    let never = bare_key(&ws.id, &retiring.id, None, T0);
+    let recent = Key {
+        last_used_at: Some(at(40 * day)),
+        ..bare_key(&ws.id, &retiring.id, None, T0)
+    };
+    let stale = Key {
+        last_used_at: Some(at(day)),
+        ..bare_key(&ws.id, &retiring.id, None, T0)
+    };
+    let disabled = Key {
+        state: KeyState::Disabled,
+        ..bare_key(&ws.id, &retiring.id, None, T0)
+    };
+    let elsewhere = bare_key(&ws.id, &keeping.id, None, T0);
+    for k in [&never, &recent, &stale, &disabled, &elsewhere] {
+        store.insert_key(k).await.step("insert key");
+    }
+    let now = at(45 * day);
+    let mut retired = store
+        .retire_unused_keys(
+            &ws.id,
+            &retiring.id,
+            at(15 * day),
+            "retired: unused for 30d",
+            now,
+        )
+        .await
+        .step("retire");
+    retired.sort();
+    let mut expected = vec![never.digest.bytes, stale.digest.bytes];
+    expected.sort();
+    assert_eq!(retired, expected);
+    for (k, state) in [
+        (&never, KeyState::Disabled),
+        (&stale, KeyState::Disabled),
+        (&recent, KeyState::Active),
+        (&elsewhere, KeyState::Active),
+    ] {
+        let got = store.get_key(&ws.id, &k.id).await.step("get");
+        let got = got.unwrap_or_else(|| panic!("key {} not found", k.id));
+        assert_eq!(got.state, state, "{}", k.id);
+        if state == KeyState::Disabled {
+            assert_eq!(got.state_reason.as_deref(), Some("retired: unused for 30d"));
+            assert_eq!(got.updated_at, now);
+        }
+    }
+    let got = store.get_key(&ws.id, &disabled.id).await.step("get");
+    assert_eq!(
+        got.and_then(|k| k.state_reason),
+        None,
+        "already disabled: untouched"
+    );
 }

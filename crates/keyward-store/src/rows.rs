@@ -5,8 +5,8 @@
 
 use keyward_core::clock::{from_unix_ms, to_unix_ms};
 use keyward_core::model::{
-    Api, DigestVersion, Key, KeyDigest, KeyState, Listing, Page, Project, RootKey, VerifyRecord,
-    Workspace,
+    Api, DigestVersion, Key, KeyDigest, KeyState, Listing, Page, Project, RootKey, UsageLimit,
+    VerifyRecord, Workspace,
 };
 use keyward_core::StoreError;
 use serde::de::DeserializeOwned;
@@ -223,6 +223,10 @@ pub(crate) struct KeyRow {
     updated_at: i64,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    identity_id: String,
+    usage_remaining: Option<i64>,
+    usage_refilled_at: Option<i64>,
+    last_used_ip: Option<String>,
 }
 
 impl TryFrom<KeyRow> for Key {
@@ -231,6 +235,12 @@ impl TryFrom<KeyRow> for Key {
     fn try_from(r: KeyRow) -> Result<Self, StoreError> {
         const WHAT: &str = "key";
         let id = r.id.as_str();
+        let mut usage_limit: Option<UsageLimit> =
+            from_json_opt(WHAT, id, r.usage_limit.as_deref())?;
+        // The live quota, flushed from memory, overrides the configured starting value.
+        if let (Some(usage), Some(remaining)) = (usage_limit.as_mut(), r.usage_remaining) {
+            usage.remaining = u64::try_from(remaining).unwrap_or(0);
+        }
         Ok(Key {
             digest: digest(WHAT, id, &r.digest, &r.digest_version)?,
             state: KeyState::parse(&r.state)
@@ -239,7 +249,7 @@ impl TryFrom<KeyRow> for Key {
             roles: from_json(WHAT, id, &r.roles)?,
             meta: from_json(WHAT, id, &r.meta)?,
             rate_limits: from_json(WHAT, id, &r.rate_limits)?,
-            usage_limit: from_json_opt(WHAT, id, r.usage_limit.as_deref())?,
+            usage_limit,
             restrictions: from_json_opt(WHAT, id, r.restrictions.as_deref())?,
             id: r.id,
             workspace_id: r.workspace_id,
@@ -255,6 +265,9 @@ impl TryFrom<KeyRow> for Key {
             updated_at: from_unix_ms(r.updated_at),
             revoked_at: r.revoked_at.map(from_unix_ms),
             last_used_at: r.last_used_at.map(from_unix_ms),
+            identity_id: r.identity_id,
+            last_used_ip: r.last_used_ip,
+            usage_refilled_at: r.usage_refilled_at.map(from_unix_ms),
         })
     }
 }
@@ -378,6 +391,10 @@ mod tests {
             updated_at: 2,
             revoked_at: None,
             last_used_at: None,
+            identity_id: "key_1".into(),
+            usage_remaining: None,
+            usage_refilled_at: None,
+            last_used_ip: None,
         }
     }
 

@@ -35,7 +35,9 @@ macro_rules! key_cols {
          k.usage_limit AS usage_limit, k.restrictions AS restrictions, \
          k.rotated_from AS rotated_from, k.rotated_to AS rotated_to, \
          k.created_at AS created_at, k.updated_at AS updated_at, k.revoked_at AS revoked_at, \
-         k.last_used_at AS last_used_at"
+         k.last_used_at AS last_used_at, k.identity_id AS identity_id, \
+         k.usage_remaining AS usage_remaining, k.usage_refilled_at AS usage_refilled_at, \
+         k.last_used_ip AS last_used_ip"
     };
 }
 
@@ -84,6 +86,11 @@ pub(crate) const API_BY_ID: &str = concat!(
     api_cols!(),
     " FROM apis WHERE workspace_id = $1 AND id = $2 AND deleted_at IS NULL"
 );
+pub(crate) const API_BY_ID_UNSCOPED: &str = concat!(
+    "SELECT ",
+    api_cols!(),
+    " FROM apis WHERE id = $1 AND deleted_at IS NULL"
+);
 pub(crate) const LIST_APIS: &str = concat!(
     "SELECT ",
     api_cols!(),
@@ -127,19 +134,38 @@ pub(crate) const REVOKE_PROJECT_KEYS: &str = "UPDATE keys \
 pub(crate) const INSERT_KEY: &str = "INSERT INTO keys (id, workspace_id, api_id, project_id, \
      name, start, digest, digest_version, state, state_reason, permissions, roles, meta, \
      expires_at, rate_limits, usage_limit, restrictions, rotated_from, rotated_to, created_at, \
-     updated_at, revoked_at, last_used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-     $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)";
+     updated_at, revoked_at, last_used_at, identity_id, usage_remaining, usage_refilled_at, \
+     last_used_ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+     $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)";
 pub(crate) const KEY_BY_ID: &str = concat!(
     "SELECT ",
     key_cols!(),
     " FROM keys k WHERE k.workspace_id = $1 AND k.id = $2"
 );
 /// Security: `state <> 'revoked'` makes revocation final whatever the caller sends.
+/// The usage columns are left to [`RECORD_QUOTA`] and [`RECORD_USE`], so an admin's change
+/// and a usage flush never undo each other.
 pub(crate) const UPDATE_KEY: &str = "UPDATE keys SET name = $3, state = $4, state_reason = $5, \
      permissions = $6, roles = $7, meta = $8, expires_at = $9, rate_limits = $10, \
      usage_limit = $11, restrictions = $12, rotated_from = $13, rotated_to = $14, \
-     updated_at = $15, revoked_at = $16, last_used_at = $17 \
+     updated_at = $15, revoked_at = $16 \
      WHERE workspace_id = $1 AND id = $2 AND state <> 'revoked'";
+/// A quota counter flushed from memory, onto every key sharing its identity.
+pub(crate) const RECORD_QUOTA: &str = "UPDATE keys SET usage_remaining = $2, \
+     usage_refilled_at = $3 WHERE identity_id = $1";
+/// A last use flushed from memory; an older flush never overwrites a newer one.
+pub(crate) const RECORD_USE: &str = "UPDATE keys SET last_used_at = $2, last_used_ip = $3 \
+     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at <= $2)";
+/// Candidates for retirement; `retire_unused_after` is checked again after decoding.
+pub(crate) const APIS_RETIRING: &str = concat!(
+    "SELECT ",
+    api_cols!(),
+    " FROM apis WHERE deleted_at IS NULL AND policies LIKE '%retire_unused_after%' ORDER BY id"
+);
+pub(crate) const RETIRE_UNUSED_KEYS: &str = "UPDATE keys \
+     SET state = 'disabled', state_reason = $4, updated_at = $5 \
+     WHERE workspace_id = $1 AND api_id = $2 AND state = 'active' \
+     AND COALESCE(last_used_at, created_at) < $3 RETURNING digest";
 /// The verify cache-miss path: one indexed lookup by digest bytes, joined with the live api
 /// and project of the key's own workspace.
 pub(crate) const FIND_KEY: &str = concat!(
@@ -362,6 +388,15 @@ macro_rules! impl_store {
                 row.map(Api::try_from).transpose()
             }
 
+            async fn get_api_unscoped(&self, id: &str) -> StoreResult<Option<Api>> {
+                let row: Option<ApiRow> = sqlx::query_as(sql::API_BY_ID_UNSCOPED)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                row.map(Api::try_from).transpose()
+            }
+
             async fn list_apis(
                 &self,
                 workspace_id: &str,
@@ -522,6 +557,14 @@ macro_rules! impl_store {
                     .bind(ms(key.updated_at))
                     .bind(ms_opt(key.revoked_at))
                     .bind(ms_opt(key.last_used_at))
+                    .bind(&key.identity_id)
+                    .bind(
+                        key.usage_limit
+                            .as_ref()
+                            .map(|u| i64::try_from(u.remaining).unwrap_or(i64::MAX)),
+                    )
+                    .bind(ms_opt(key.usage_refilled_at))
+                    .bind(&key.last_used_ip)
                     .execute(&self.pool)
                     .await
                     .map_err(map_sqlx)?;
@@ -581,7 +624,6 @@ macro_rules! impl_store {
                     .bind(&key.rotated_to)
                     .bind(ms(key.updated_at))
                     .bind(ms_opt(key.revoked_at))
-                    .bind(ms_opt(key.last_used_at))
                     .execute(&self.pool)
                     .await
                     .map_err(map_sqlx)?;
@@ -595,6 +637,76 @@ macro_rules! impl_store {
                     .await
                     .map_err(map_sqlx)?;
                 row.map(VerifyRecord::try_from).transpose()
+            }
+
+            async fn record_usage(
+                &self,
+                batch: &keyward_core::model::UsageBatch,
+            ) -> StoreResult<()> {
+                if batch.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+                for q in &batch.quotas {
+                    sqlx::query(sql::RECORD_QUOTA)
+                        .bind(&q.identity_id)
+                        .bind(i64::try_from(q.remaining).unwrap_or(i64::MAX))
+                        .bind(ms(q.refilled_at))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_sqlx)?;
+                }
+                for u in &batch.uses {
+                    sqlx::query(sql::RECORD_USE)
+                        .bind(&u.key_id)
+                        .bind(ms(u.at))
+                        .bind(&u.ip)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_sqlx)?;
+                }
+                tx.commit().await.map_err(map_sqlx)
+            }
+
+            async fn apis_retiring_unused_keys(&self) -> StoreResult<Vec<Api>> {
+                let rows: Vec<ApiRow> = sqlx::query_as(sql::APIS_RETIRING)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                let apis = rows
+                    .into_iter()
+                    .map(Api::try_from)
+                    .collect::<StoreResult<Vec<_>>>()?;
+                Ok(apis
+                    .into_iter()
+                    .filter(|a| a.policies.retire_unused_after.is_some())
+                    .collect())
+            }
+
+            async fn retire_unused_keys(
+                &self,
+                workspace_id: &str,
+                api_id: &str,
+                unused_since: OffsetDateTime,
+                reason: &str,
+                now: OffsetDateTime,
+            ) -> StoreResult<Vec<[u8; 32]>> {
+                let rows: Vec<(Vec<u8>,)> = sqlx::query_as(sql::RETIRE_UNUSED_KEYS)
+                    .bind(workspace_id)
+                    .bind(api_id)
+                    .bind(ms(unused_since))
+                    .bind(reason)
+                    .bind(ms(now))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                rows.into_iter()
+                    .map(|(d,)| {
+                        <[u8; 32]>::try_from(d.as_slice()).map_err(|_| {
+                            StoreError::Corrupt("retired key: digest is not 32 bytes".into())
+                        })
+                    })
+                    .collect()
             }
         }
 

@@ -99,7 +99,7 @@ async fn migrating_twice_applies_nothing_the_second_time() {
     in_fresh_database(|url| async move {
         let first = keyward_store::migrate(&url).await.expect("first migrate");
         let second = keyward_store::migrate(&url).await.expect("second migrate");
-        assert_eq!((first, second), (1, 0));
+        assert_eq!((first, second), (migration_count(), 0));
     })
     .await;
 }
@@ -166,7 +166,23 @@ async fn nodes_migrating_at_once_apply_each_migration_once() {
         while let Some(done) = tasks.join_next().await {
             total += done.expect("join").expect("concurrent migrate");
         }
-        assert_eq!(total, 1, "the one migration is applied exactly once");
+        assert_eq!(
+            total,
+            migration_count(),
+            "each migration is applied exactly once"
+        );
     })
     .await;
+}
+
+/// How many migrations the crate ships for this backend.
+fn migration_count() -> usize {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres");
+    std::fs::read_dir(dir)
+        .expect("migrations directory")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count()
 }

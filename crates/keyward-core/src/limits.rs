@@ -1,0 +1,921 @@
+//! Rate limits (GCRA) and usage quotas: in-memory counters on the verify hot path, charged
+//! all-or-nothing under per-counter locks, and flushed to the store in batches.
+//!
+//! # Counters
+//!
+//! Every counter is a [`Cell`] in [`Limits`]: one per (key identity, limit name) for a key's
+//! rate limits, one per (project, limit name) for a project's (shared by all of its keys), one
+//! per key identity for the quota. Rotation keeps the identity, so the old and the new key
+//! share their counters. A [`KeyRules`] (built once per cache fill) holds `Arc`s to its cells,
+//! so a verify does no map lookup.
+//!
+//! # Exactness
+//!
+//! [`KeyRules::charge`] locks every cell of the key in address order (a global order, so two
+//! keys sharing cells cannot deadlock), checks them all, and only then commits them all: a
+//! denial charges nothing, and concurrent verifies are serialised per cell, so a limit of 25
+//! admits exactly 25.
+//!
+//! # Durability
+//!
+//! Rate-limit state is memory only (a restart forgets it, which can only admit more). Quota
+//! counters and last uses are marked dirty when they change and written by
+//! [`Limits::take_dirty`] + `Store::record_usage` (the server does it every second): after a
+//! `kill -9`, what was charged since the last flush is lost, i.e. at most one flush interval
+//! of traffic is admitted twice.
+
+use crate::clock::{from_unix_ms, to_unix_ms};
+use crate::duration;
+use crate::model::{QuotaUpdate, Refill, RefillInterval, UsageBatch, UseUpdate, VerifyRecord};
+use crate::verify::{CheckResult, Code, RateLimitState, UsageState};
+use dashmap::DashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use time::OffsetDateTime;
+
+/// Longest period a rate limit is computed with (about 73 years); longer ones are clamped.
+const MAX_PERIOD_NS: i64 = i64::MAX / 4;
+
+/// The generic cell rate algorithm for "`limit` per `period`", burst `limit`.
+///
+/// The state is the theoretical arrival time (TAT), in ns. A call at `now` is admitted when
+/// `max(TAT, now) + τ − now ≤ limit·τ`, and then moves TAT to `max(TAT, now) + τ`. So a fresh
+/// (or long idle) limit admits `limit` calls at once, and afterwards one per `τ`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    pub limit: u64,
+    /// The emission interval τ = period / limit, in ns (at least 1).
+    pub emission_ns: i64,
+    /// `limit · τ`: how far ahead of now the TAT may run.
+    pub burst_ns: i64,
+}
+
+impl Gcra {
+    pub fn new(limit: u64, period: time::Duration) -> Self {
+        let limit = limit.max(1);
+        let period_ns = period
+            .whole_nanoseconds()
+            .clamp(1, i128::from(MAX_PERIOD_NS));
+        let emission_ns = i64::try_from(period_ns / i128::from(limit))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let burst_ns = emission_ns.saturating_mul(i64::try_from(limit).unwrap_or(i64::MAX));
+        Self {
+            limit,
+            emission_ns,
+            burst_ns,
+        }
+    }
+
+    /// One call at `now` against `tat`: `Ok(new TAT)` if admitted, else `Err(retry at)`, the
+    /// first instant at which a call would be admitted.
+    pub fn decide(&self, tat: i64, now: i64) -> Result<i64, i64> {
+        let next = tat.max(now).saturating_add(self.emission_ns);
+        if next.saturating_sub(now) <= self.burst_ns {
+            Ok(next)
+        } else {
+            Err(next.saturating_sub(self.burst_ns))
+        }
+    }
+
+    /// How many calls would be admitted at once at `now`.
+    pub fn remaining(&self, tat: i64, now: i64) -> u64 {
+        let used = tat.max(now).saturating_sub(now);
+        u64::try_from(self.burst_ns.saturating_sub(used) / self.emission_ns).unwrap_or(0)
+    }
+
+    /// When the limit is back to its full burst.
+    pub fn reset_at(&self, tat: i64, now: i64) -> i64 {
+        tat.max(now)
+    }
+}
+
+/// One counter. Rate cells hold a TAT; quota cells the remaining calls.
+pub struct Cell {
+    /// The key identity, for quota cells (what a flush writes under); empty for rate cells.
+    identity: Box<str>,
+    state: Mutex<State>,
+}
+
+enum State {
+    Rate { tat: i64 },
+    Quota(Quota),
+}
+
+struct Quota {
+    remaining: u64,
+    refilled_at_ms: i64,
+    /// The next refill instant, computed for this interval (recomputed if it changes).
+    next_refill: Option<(RefillInterval, i64)>,
+    /// Changed since the last flush (and queued in `Limits::dirty_quotas`).
+    dirty: bool,
+}
+
+impl Quota {
+    fn next_refill_ms(&mut self, interval: RefillInterval) -> i64 {
+        match self.next_refill {
+            Some((i, at)) if i == interval => at,
+            _ => {
+                let at = next_refill_after(self.refilled_at_ms, interval);
+                self.next_refill = Some((interval, at));
+                at
+            }
+        }
+    }
+
+    /// The remaining calls at `now_ms`, after a refill that is due (not yet applied).
+    fn available(&mut self, refill: Option<&Refill>, now_ms: i64) -> (u64, bool) {
+        match refill {
+            Some(r) if now_ms >= self.next_refill_ms(r.interval) => (r.amount, true),
+            _ => (self.remaining, false),
+        }
+    }
+}
+
+/// The first UTC midnight (daily) or first of a month (monthly) strictly after `after_ms`.
+pub fn next_refill_after(after_ms: i64, interval: RefillInterval) -> i64 {
+    let date = from_unix_ms(after_ms).date();
+    let next = match interval {
+        RefillInterval::Daily => date.next_day(),
+        RefillInterval::Monthly => {
+            let (year, month) = match date.month() {
+                time::Month::December => (date.year() + 1, time::Month::January),
+                m => (date.year(), m.next()),
+            };
+            time::Date::from_calendar_date(year, month, 1).ok()
+        }
+    };
+    next.map_or(i64::MAX, |d| to_unix_ms(d.midnight().assume_utc()))
+}
+
+impl Cell {
+    fn rate() -> Self {
+        Self {
+            identity: Box::from(""),
+            state: Mutex::new(State::Rate { tat: i64::MIN }),
+        }
+    }
+
+    fn quota(identity: &str, remaining: u64, refilled_at_ms: i64) -> Self {
+        Self {
+            identity: Box::from(identity),
+            state: Mutex::new(State::Quota(Quota {
+                remaining,
+                refilled_at_ms,
+                next_refill: None,
+                dirty: false,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding a cell cannot leave it half-written: every write is one store.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cell")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A key's last use, kept in memory and flushed with the quotas.
+#[derive(Debug)]
+pub struct LastUse {
+    key_id: String,
+    at_ms: AtomicI64,
+    ip: Mutex<Option<String>>,
+    dirty: AtomicBool,
+}
+
+impl LastUse {
+    fn new(key_id: &str, at: Option<OffsetDateTime>, ip: Option<&str>) -> Self {
+        Self {
+            key_id: key_id.to_owned(),
+            at_ms: AtomicI64::new(at.map_or(i64::MIN, to_unix_ms)),
+            ip: Mutex::new(ip.map(str::to_owned)),
+            dirty: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Every counter of this node, and what changed since the last flush.
+#[derive(Debug, Default)]
+pub struct Limits {
+    /// `k:{identity}:{name}` for key limits, `p:{project}:{name}` for project limits.
+    rate: DashMap<String, Arc<Cell>>,
+    /// By key identity.
+    quotas: DashMap<String, Arc<Cell>>,
+    dirty_quotas: Mutex<Vec<Arc<Cell>>>,
+    dirty_uses: Mutex<Vec<Arc<LastUse>>>,
+}
+
+/// What [`Limits::take_dirty`] took, to hand back with [`Limits::restore`] if writing failed.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub batch: UsageBatch,
+    cells: Vec<Arc<Cell>>,
+    uses: Vec<Arc<LastUse>>,
+}
+
+fn lock_vec<T>(m: &Mutex<Vec<T>>) -> MutexGuard<'_, Vec<T>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Limits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The rules of a key just loaded from the store, sharing the counters that exist. A
+    /// quota counter not yet in memory starts from the stored (last flushed) value.
+    pub fn rules_for(&self, record: &VerifyRecord) -> KeyRules {
+        let key = &record.key;
+        let mut cells: Vec<Arc<Cell>> = Vec::new();
+        let mut limits = Vec::new();
+        let project_limits = record
+            .project
+            .iter()
+            .flat_map(|p| p.rate_limits.iter().map(move |l| (Some(p.id.as_str()), l)));
+        let key_limits = key.rate_limits.iter().map(|l| (None, l));
+        for (project, l) in key_limits.chain(project_limits) {
+            // Stored limits were validated; one that no longer parses is skipped.
+            let Ok(period) = duration::parse(&l.period) else {
+                continue;
+            };
+            let scope = match project {
+                Some(p) => format!("p:{p}:{}", l.name),
+                None => format!("k:{}:{}", key.identity_id, l.name),
+            };
+            let cell = Arc::clone(
+                self.rate
+                    .entry(scope)
+                    .or_insert_with(|| Arc::new(Cell::rate()))
+                    .value(),
+            );
+            limits.push(LimitSlot {
+                name: l.name.clone(),
+                period: l.period.clone(),
+                project: project.is_some(),
+                gcra: Gcra::new(l.limit, period),
+                lock: 0,
+            });
+            cells.push(cell);
+        }
+        let quota = key.usage_limit.as_ref().map(|u| {
+            let refilled_at = key.usage_refilled_at.unwrap_or(key.created_at);
+            let cell = Arc::clone(
+                self.quotas
+                    .entry(key.identity_id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Cell::quota(
+                            &key.identity_id,
+                            u.remaining,
+                            to_unix_ms(refilled_at),
+                        ))
+                    })
+                    .value(),
+            );
+            cells.push(cell);
+            QuotaSlot {
+                refill: u.refill.clone(),
+                lock: 0,
+            }
+        });
+        // Lock order: by address, the same for every key sharing a cell.
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        order.sort_by_key(|&i| Arc::as_ptr(&cells[i]) as usize);
+        let mut position = vec![0; cells.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            position[i] = pos;
+        }
+        for (i, slot) in limits.iter_mut().enumerate() {
+            slot.lock = position[i];
+        }
+        let mut quota = quota;
+        if let Some(q) = quota.as_mut() {
+            q.lock = position[limits.len()];
+        }
+        let locks = order.iter().map(|&i| Arc::clone(&cells[i])).collect();
+        KeyRules {
+            limits,
+            quota,
+            locks,
+            last_use: Some(Arc::new(LastUse::new(
+                &key.id,
+                key.last_used_at,
+                key.last_used_ip.as_deref(),
+            ))),
+        }
+    }
+
+    /// Sets the quota of `identity` to `remaining` (a `PATCH` of `usage_limit`), creating the
+    /// counter if needed; returns the update to persist now.
+    pub fn reset_quota(&self, identity: &str, remaining: u64, now: OffsetDateTime) -> QuotaUpdate {
+        let now_ms = to_unix_ms(now);
+        let cell = Arc::clone(
+            self.quotas
+                .entry(identity.to_owned())
+                .or_insert_with(|| Arc::new(Cell::quota(identity, remaining, now_ms)))
+                .value(),
+        );
+        if let State::Quota(q) = &mut *cell.lock() {
+            q.remaining = remaining;
+            q.refilled_at_ms = now_ms;
+            q.next_refill = None;
+        }
+        QuotaUpdate {
+            identity_id: identity.to_owned(),
+            remaining,
+            refilled_at: from_unix_ms(now_ms),
+        }
+    }
+
+    /// The in-memory quota of `identity` (remaining, last refill), if it has been used here.
+    pub fn quota_of(&self, identity: &str) -> Option<(u64, OffsetDateTime)> {
+        let cell = Arc::clone(self.quotas.get(identity)?.value());
+        let state = cell.lock();
+        match &*state {
+            State::Quota(q) => Some((q.remaining, from_unix_ms(q.refilled_at_ms))),
+            State::Rate { .. } => None,
+        }
+    }
+
+    /// Everything that changed since the last call, marked clean.
+    pub fn take_dirty(&self) -> Pending {
+        let cells = std::mem::take(&mut *lock_vec(&self.dirty_quotas));
+        let uses = std::mem::take(&mut *lock_vec(&self.dirty_uses));
+        let mut batch = UsageBatch::default();
+        for cell in &cells {
+            if let State::Quota(q) = &mut *cell.lock() {
+                q.dirty = false;
+                batch.quotas.push(QuotaUpdate {
+                    identity_id: cell.identity.to_string(),
+                    remaining: q.remaining,
+                    refilled_at: from_unix_ms(q.refilled_at_ms),
+                });
+            }
+        }
+        for u in &uses {
+            // Cleared before reading: a use after this point marks it dirty again.
+            u.dirty.store(false, Ordering::SeqCst);
+            batch.uses.push(UseUpdate {
+                key_id: u.key_id.clone(),
+                at: from_unix_ms(u.at_ms.load(Ordering::SeqCst)),
+                ip: u.ip.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            });
+        }
+        Pending { batch, cells, uses }
+    }
+
+    /// Marks what `pending` held dirty again (its write failed), for the next flush.
+    pub fn restore(&self, pending: Pending) {
+        for cell in pending.cells {
+            let mut state = cell.lock();
+            if let State::Quota(q) = &mut *state {
+                if !q.dirty {
+                    q.dirty = true;
+                    lock_vec(&self.dirty_quotas).push(Arc::clone(&cell));
+                }
+            }
+        }
+        for u in pending.uses {
+            if !u.dirty.swap(true, Ordering::SeqCst) {
+                lock_vec(&self.dirty_uses).push(u);
+            }
+        }
+    }
+
+    /// How many counters exist (rate, quota).
+    pub fn len(&self) -> (usize, usize) {
+        (self.rate.len(), self.quotas.len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LimitSlot {
+    name: String,
+    period: String,
+    project: bool,
+    gcra: Gcra,
+    /// Index into `KeyRules::locks`.
+    lock: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct QuotaSlot {
+    refill: Option<Refill>,
+    lock: usize,
+}
+
+/// A cached key's rate limits (its own, then its project's, in declared order), quota and
+/// last use, with handles to their counters.
+#[derive(Debug, Clone, Default)]
+pub struct KeyRules {
+    limits: Vec<LimitSlot>,
+    quota: Option<QuotaSlot>,
+    /// The cells, sorted by address: the order they are locked in.
+    locks: Vec<Arc<Cell>>,
+    last_use: Option<Arc<LastUse>>,
+}
+
+impl PartialEq for KeyRules {
+    fn eq(&self, other: &Self) -> bool {
+        self.limits == other.limits
+            && self.quota == other.quota
+            && self.locks.len() == other.locks.len()
+            && self
+                .locks
+                .iter()
+                .zip(&other.locks)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// The outcome of the limit and quota checks of one verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// `RATE_LIMITED` or `USAGE_EXCEEDED`; `None` when admitted.
+    pub denied: Option<Code>,
+    /// Every limit (key then project), after this call.
+    pub rate_limits: Vec<RateLimitState>,
+    /// The quota after this call, if the key has one.
+    pub usage: Option<UsageState>,
+    /// The `rate_limit` and `usage` steps of `?explain=true` (empty otherwise).
+    pub steps: Vec<CheckResult>,
+}
+
+fn ns_to_time(ns: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+impl KeyRules {
+    /// Whether the key has any rate limit or quota.
+    pub fn is_empty(&self) -> bool {
+        self.locks.is_empty()
+    }
+
+    /// Records a use of the key at `now` from `ip`, for `last_used_at`/`last_used_ip`.
+    pub fn touch(&self, limits: &Limits, now: OffsetDateTime, ip: Option<&str>) {
+        let Some(u) = &self.last_use else {
+            return;
+        };
+        let now_ms = to_unix_ms(now);
+        if u.at_ms.load(Ordering::Relaxed) < now_ms {
+            u.at_ms.fetch_max(now_ms, Ordering::SeqCst);
+        }
+        if let Some(ip) = ip {
+            let mut last = u.ip.lock().unwrap_or_else(PoisonError::into_inner);
+            if last.as_deref() != Some(ip) {
+                *last = Some(ip.to_owned());
+            }
+        }
+        if !u.dirty.load(Ordering::SeqCst) && !u.dirty.swap(true, Ordering::SeqCst) {
+            lock_vec(&limits.dirty_uses).push(Arc::clone(u));
+        }
+    }
+
+    /// Checks every rate limit (one call each, in order) and then the quota (`cost`, at
+    /// least 1 must remain), and commits them all only if all pass. `cost == 0` checks
+    /// without charging anything.
+    pub fn charge(&self, limits: &Limits, now: OffsetDateTime, cost: u64, explain: bool) -> Charge {
+        let mut out = Charge {
+            denied: None,
+            rate_limits: Vec::with_capacity(self.limits.len()),
+            usage: None,
+            steps: Vec::new(),
+        };
+        let now_ns = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+        let now_ms = to_unix_ms(now);
+        let mut guards: Vec<MutexGuard<'_, State>> = self.locks.iter().map(|c| c.lock()).collect();
+
+        let tat_of = |state: &State| match state {
+            State::Rate { tat } => *tat,
+            State::Quota(_) => i64::MIN,
+        };
+        let mut rate_denied: Option<(usize, i64)> = None;
+        for (i, slot) in self.limits.iter().enumerate() {
+            if let Err(retry) = slot.gcra.decide(tat_of(&guards[slot.lock]), now_ns) {
+                rate_denied = Some((i, retry));
+                break;
+            }
+        }
+        let mut quota_left: Option<(u64, bool)> = None;
+        if let Some(q) = &self.quota {
+            if let State::Quota(state) = &mut *guards[q.lock] {
+                quota_left = Some(state.available(q.refill.as_ref(), now_ms));
+            }
+        }
+        let quota_denied =
+            rate_denied.is_none() && quota_left.is_some_and(|(left, _)| left < cost.max(1));
+        let admitted = rate_denied.is_none() && !quota_denied;
+
+        if admitted && cost > 0 {
+            for slot in &self.limits {
+                if let State::Rate { tat } = &mut *guards[slot.lock] {
+                    if let Ok(next) = slot.gcra.decide(*tat, now_ns) {
+                        *tat = next;
+                    }
+                }
+            }
+        }
+        if let (true, Some(q), Some((left, refilled))) = (admitted, &self.quota, quota_left) {
+            if let State::Quota(state) = &mut *guards[q.lock] {
+                if refilled {
+                    state.refilled_at_ms = now_ms;
+                    state.next_refill = None;
+                }
+                state.remaining = left - cost;
+                if (refilled || cost > 0) && !state.dirty {
+                    state.dirty = true;
+                    let cell = &self.locks[q.lock];
+                    lock_vec(&limits.dirty_quotas).push(Arc::clone(cell));
+                }
+            }
+        }
+
+        for (i, slot) in self.limits.iter().enumerate() {
+            let tat = tat_of(&guards[slot.lock]);
+            let denied_here = rate_denied.is_some_and(|(d, _)| d == i);
+            out.rate_limits.push(RateLimitState {
+                name: slot.name.clone(),
+                limit: slot.gcra.limit,
+                remaining: if denied_here {
+                    0
+                } else {
+                    slot.gcra.remaining(tat, now_ns)
+                },
+                reset_at: ns_to_time(slot.gcra.reset_at(tat, now_ns)),
+            });
+        }
+        let next_refill = match (&self.quota, quota_left) {
+            (Some(q), Some(_)) => match (&mut *guards[q.lock], &q.refill) {
+                (State::Quota(state), Some(r)) => Some(state.next_refill_ms(r.interval)),
+                _ => None,
+            },
+            _ => None,
+        };
+        drop(guards);
+
+        if let Some((left, _)) = quota_left {
+            out.usage = Some(UsageState {
+                remaining: if admitted { left - cost } else { left },
+            });
+        }
+        out.denied = if rate_denied.is_some() {
+            Some(Code::RateLimited)
+        } else if quota_denied {
+            Some(Code::UsageExceeded)
+        } else {
+            None
+        };
+        if explain {
+            self.explain(&mut out, rate_denied, quota_left, cost, next_refill);
+        }
+        out
+    }
+
+    fn explain(
+        &self,
+        out: &mut Charge,
+        rate_denied: Option<(usize, i64)>,
+        quota_left: Option<(u64, bool)>,
+        cost: u64,
+        next_refill_ms: Option<i64>,
+    ) {
+        let describe = |s: &LimitSlot| {
+            let owner = if s.project { "project" } else { "key" };
+            format!(
+                "{owner} rate limit {:?} ({} per {})",
+                s.name, s.gcra.limit, s.period
+            )
+        };
+        let (passed, reason) = match rate_denied {
+            _ if self.limits.is_empty() => (true, "key has no rate limits".to_owned()),
+            Some((i, retry)) => {
+                let slot = &self.limits[i];
+                let reset = out.rate_limits.get(i).map(|r| r.reset_at);
+                (
+                    false,
+                    format!(
+                        "{} ran out; next call allowed at {}, fully reset at {}",
+                        describe(slot),
+                        rfc3339(ns_to_time(retry)),
+                        reset.map(rfc3339).unwrap_or_default()
+                    ),
+                )
+            }
+            None => {
+                let list: Vec<String> = self
+                    .limits
+                    .iter()
+                    .zip(&out.rate_limits)
+                    .map(|(s, r)| format!("{} has {} left", describe(s), r.remaining))
+                    .collect();
+                (true, format!("within every limit: {}", list.join("; ")))
+            }
+        };
+        out.steps.push(CheckResult {
+            check: "rate_limit".into(),
+            passed,
+            reason,
+        });
+        if !passed {
+            return;
+        }
+        let refill = next_refill_ms
+            .map(|at| format!("; refills at {}", rfc3339(from_unix_ms(at))))
+            .unwrap_or_default();
+        let (passed, reason) = match quota_left {
+            None => (true, "key has no usage limit".to_owned()),
+            Some((left, _)) if out.denied == Some(Code::UsageExceeded) => (
+                false,
+                format!("usage limit exhausted: {left} remaining, cost {cost}{refill}"),
+            ),
+            Some((left, _)) => (
+                true,
+                format!("charged {cost}, {} remaining{refill}", left - cost),
+            ),
+        };
+        out.steps.push(CheckResult {
+            check: "usage".into(),
+            passed,
+            reason,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        Api, ApiPolicies, DigestVersion, Key, KeyDigest, KeyState, Meta, Project, RateLimit,
+        UsageLimit,
+    };
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2025-03-31 23:59:59 UTC);
+
+    fn record(rate_limits: Vec<RateLimit>, usage: Option<UsageLimit>) -> VerifyRecord {
+        VerifyRecord {
+            key: Key {
+                id: "key_1".into(),
+                workspace_id: "ws_1".into(),
+                api_id: "api_1".into(),
+                project_id: Some("prj_1".into()),
+                name: "k".into(),
+                start: "kw_abcdef".into(),
+                digest: KeyDigest {
+                    version: DigestVersion::Hmac(1),
+                    bytes: [1; 32],
+                },
+                state: KeyState::Active,
+                permissions: vec![],
+                roles: vec![],
+                meta: Meta::new(),
+                expires_at: None,
+                rate_limits,
+                usage_limit: usage,
+                restrictions: None,
+                rotated_from: None,
+                rotated_to: None,
+                identity_id: "key_1".into(),
+                state_reason: None,
+                created_at: NOW,
+                updated_at: NOW,
+                revoked_at: None,
+                last_used_at: None,
+                last_used_ip: None,
+                usage_refilled_at: None,
+            },
+            api: Api {
+                id: "api_1".into(),
+                workspace_id: "ws_1".into(),
+                name: "a".into(),
+                prefix: "kw".into(),
+                permissions: vec![],
+                roles: Default::default(),
+                default_permissions: vec![],
+                default_rate_limits: vec![],
+                default_usage_limit: None,
+                policies: ApiPolicies::default(),
+                created_at: NOW,
+                updated_at: NOW,
+            },
+            project: Some(Project {
+                id: "prj_1".into(),
+                workspace_id: "ws_1".into(),
+                name: "p".into(),
+                external_id: None,
+                meta: Meta::new(),
+                owner: None,
+                rate_limits: vec![],
+                created_at: NOW,
+                updated_at: NOW,
+            }),
+        }
+    }
+
+    fn limit(name: &str, limit: u64, period: &str) -> RateLimit {
+        RateLimit {
+            name: name.into(),
+            limit,
+            period: period.into(),
+        }
+    }
+
+    fn quota(remaining: u64, refill: Option<(u64, RefillInterval)>) -> Option<UsageLimit> {
+        Some(UsageLimit {
+            remaining,
+            refill: refill.map(|(amount, interval)| Refill { amount, interval }),
+        })
+    }
+
+    #[test]
+    fn a_rate_limited_call_charges_neither_the_other_limits_nor_the_quota() {
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(
+            vec![limit("wide", 10, "1m"), limit("narrow", 2, "1m")],
+            quota(100, None),
+        ));
+        for left in [1, 0] {
+            let c = rules.charge(&limits, NOW, 1, false);
+            assert_eq!(c.denied, None);
+            assert_eq!(c.rate_limits[1].remaining, left);
+        }
+        let c = rules.charge(&limits, NOW, 1, true);
+        assert_eq!(c.denied, Some(Code::RateLimited));
+        assert_eq!(c.usage, Some(UsageState { remaining: 98 }));
+        assert_eq!(
+            c.rate_limits[0].remaining, 8,
+            "the wide limit was not charged"
+        );
+        assert_eq!(c.steps.len(), 1);
+        assert!(
+            c.steps[0].reason.contains("\"narrow\" (2 per 1m) ran out"),
+            "{}",
+            c.steps[0].reason
+        );
+    }
+
+    #[test]
+    fn quota_admits_exactly_its_remaining_and_cost_zero_charges_nothing() {
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(vec![limit("default", 100, "1s")], quota(3, None)));
+        let c = rules.charge(&limits, NOW, 0, false);
+        assert_eq!(
+            (c.denied, c.usage),
+            (None, Some(UsageState { remaining: 3 }))
+        );
+        assert_eq!(
+            c.rate_limits[0].remaining, 100,
+            "cost 0 takes no rate limit token"
+        );
+        assert_eq!(
+            rules.charge(&limits, NOW, 2, false).usage,
+            Some(UsageState { remaining: 1 })
+        );
+        let c = rules.charge(&limits, NOW, 2, true);
+        assert_eq!(c.denied, Some(Code::UsageExceeded));
+        assert_eq!(
+            c.rate_limits[0].remaining, 99,
+            "one token per call; a denied call takes none"
+        );
+        assert_eq!(c.steps.last().map(|s| s.passed), Some(false));
+        assert_eq!(rules.charge(&limits, NOW, 1, false).denied, None);
+        assert_eq!(
+            rules.charge(&limits, NOW, 0, false).denied,
+            Some(Code::UsageExceeded),
+            "cost 0 asks whether a call would pass"
+        );
+    }
+
+    #[test]
+    fn refills_reset_the_quota_at_utc_midnight_and_on_the_first_of_the_month() {
+        assert_eq!(
+            from_unix_ms(next_refill_after(to_unix_ms(NOW), RefillInterval::Daily)),
+            datetime!(2025-04-01 00:00 UTC)
+        );
+        assert_eq!(
+            from_unix_ms(next_refill_after(
+                to_unix_ms(datetime!(2024-12-15 10:00 UTC)),
+                RefillInterval::Monthly
+            )),
+            datetime!(2025-01-01 00:00 UTC)
+        );
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(vec![], quota(1, Some((5, RefillInterval::Daily)))));
+        assert_eq!(rules.charge(&limits, NOW, 1, false).denied, None);
+        let c = rules.charge(&limits, NOW, 1, true);
+        assert_eq!(c.denied, Some(Code::UsageExceeded));
+        assert!(
+            c.steps[1]
+                .reason
+                .contains("refills at 2025-04-01T00:00:00Z"),
+            "{}",
+            c.steps[1].reason
+        );
+        let midnight = datetime!(2025-04-01 00:00 UTC);
+        let c = rules.charge(&limits, midnight, 1, false);
+        assert_eq!(
+            c.usage,
+            Some(UsageState { remaining: 4 }),
+            "reset to 5, not 5 added"
+        );
+        assert_eq!(
+            rules
+                .charge(&limits, midnight + time::Duration::hours(23), 4, false)
+                .usage,
+            Some(UsageState { remaining: 0 })
+        );
+    }
+
+    #[test]
+    fn rules_share_counters_by_identity_and_project() {
+        let limits = Limits::new();
+        let old = record(vec![limit("default", 2, "1h")], quota(10, None));
+        let mut new = old.clone();
+        new.key.id = "key_2".into();
+        new.key.digest.bytes = [2; 32];
+        new.key.usage_limit = quota(99, None);
+        let (a, b) = (limits.rules_for(&old), limits.rules_for(&new));
+        assert_eq!(a.charge(&limits, NOW, 1, false).denied, None);
+        let c = b.charge(&limits, NOW, 1, false);
+        assert_eq!(
+            c.usage,
+            Some(UsageState { remaining: 8 }),
+            "the counter in memory wins"
+        );
+        assert_eq!(
+            b.charge(&limits, NOW, 1, false).denied,
+            Some(Code::RateLimited)
+        );
+
+        let mut p1 = record(vec![], None);
+        p1.key.identity_id = "key_3".into();
+        if let Some(p) = p1.project.as_mut() {
+            p.rate_limits = vec![limit("shared", 3, "1h")];
+        }
+        let mut p2 = p1.clone();
+        p2.key.identity_id = "key_4".into();
+        let (r1, r2) = (limits.rules_for(&p1), limits.rules_for(&p2));
+        let admitted = (0..10)
+            .filter(|i| {
+                let r = if i % 2 == 0 { &r1 } else { &r2 };
+                r.charge(&limits, NOW, 1, false).denied.is_none()
+            })
+            .count();
+        assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn dirty_counters_are_taken_once_and_restored_after_a_failed_write() {
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(vec![], quota(10, None)));
+        assert!(limits.take_dirty().batch.is_empty());
+        for _ in 0..3 {
+            rules.charge(&limits, NOW, 1, false);
+            rules.touch(&limits, NOW, Some("10.0.0.1"));
+        }
+        let pending = limits.take_dirty();
+        assert_eq!(pending.batch.quotas.len(), 1);
+        assert_eq!(pending.batch.quotas[0].remaining, 7);
+        assert_eq!(pending.batch.uses.len(), 1);
+        assert_eq!(pending.batch.uses[0].ip.as_deref(), Some("10.0.0.1"));
+        assert!(limits.take_dirty().batch.is_empty());
+        limits.restore(pending);
+        assert_eq!(limits.take_dirty().batch.len(), 2);
+        let update = limits.reset_quota("key_1", 50, NOW);
+        assert_eq!(update.remaining, 50);
+        assert_eq!(limits.quota_of("key_1").map(|q| q.0), Some(50));
+    }
+
+    #[test]
+    fn concurrent_charges_admit_exactly_the_limit() {
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(vec![limit("default", 25, "1h")], quota(30, None)));
+        let admitted = AtomicI64::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        if rules.charge(&limits, NOW, 1, false).denied.is_none() {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::SeqCst), 25);
+        assert_eq!(limits.quota_of("key_1").map(|q| q.0), Some(5));
+    }
+}
