@@ -5,9 +5,11 @@
 //! as JSON text) and run the same SQL, so they behave alike down to ordering and rounding.
 
 pub mod conformance;
+mod conformance_records;
 mod error;
 mod migrations;
 mod postgres;
+mod records;
 mod rows;
 mod sql;
 mod sqlite;

@@ -57,3 +57,4 @@ impl PgStore {
 }
 
 sql::impl_store!(PgStore);
+crate::records::impl_record_store!(PgStore);

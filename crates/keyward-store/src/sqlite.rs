@@ -68,6 +68,7 @@ impl SqliteStore {
 }
 
 sql::impl_store!(SqliteStore);
+crate::records::impl_record_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {

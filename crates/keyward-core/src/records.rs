@@ -1,0 +1,515 @@
+//! What keyward records: the access log (one event per verify), usage counts, and the
+//! hash-chained audit log of every change, with the storage trait they are kept through.
+
+use crate::clock::to_unix_ms;
+use crate::error::StoreError;
+use crate::model::{Listing, Page};
+use crate::verify::Code;
+use async_trait::async_trait;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+
+type StoreResult<T> = Result<T, StoreError>;
+
+// --- access log ---------------------------------------------------------------------------
+
+/// One verification, granted or denied. `MALFORMED` and `NOT_FOUND` carry no key id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct VerificationEvent {
+    /// `ver_…`: sorts by time. Assigned by the recorder, not by verify.
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    #[serde(skip)]
+    pub workspace_id: String,
+    pub api_id: Option<String>,
+    pub key_id: Option<String>,
+    pub project_id: Option<String>,
+    pub code: Code,
+    /// The request attributes the caller passed to verify, as given.
+    pub ip: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub origin: Option<String>,
+    /// The keyward node that decided. Assigned by the recorder.
+    pub node: String,
+}
+
+/// Where [`crate::Service::verify`] hands each verdict. Must not block or fail: the hot path
+/// calls it once per verification.
+pub trait Recorder: Send + Sync + 'static {
+    /// `event.id` and `event.node` are empty; the recorder assigns them.
+    fn record(&self, event: VerificationEvent);
+}
+
+/// Filters for listing the access log. All set filters must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerificationFilter {
+    pub api_id: Option<String>,
+    pub key_id: Option<String>,
+    pub project_id: Option<String>,
+    pub code: Option<Code>,
+    /// Inclusive.
+    pub from: Option<OffsetDateTime>,
+    /// Exclusive.
+    pub to: Option<OffsetDateTime>,
+}
+
+/// A usage bucket's width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Granularity {
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Granularity {
+    pub const ALL: [Granularity; 3] = [Granularity::Minute, Granularity::Hour, Granularity::Day];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Minute => "minute",
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    pub fn millis(self) -> i64 {
+        match self {
+            Granularity::Minute => 60_000,
+            Granularity::Hour => 3_600_000,
+            Granularity::Day => 86_400_000,
+        }
+    }
+
+    /// The start (unix ms, UTC) of the bucket holding `unix_ms`.
+    pub fn bucket(self, unix_ms: i64) -> i64 {
+        unix_ms.div_euclid(self.millis()) * self.millis()
+    }
+}
+
+/// An exact count of verifications with one outcome, for one key (or none) in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageCount {
+    pub workspace_id: String,
+    pub api_id: Option<String>,
+    pub key_id: Option<String>,
+    pub project_id: Option<String>,
+    pub code: Code,
+    pub granularity: Granularity,
+    /// Unix ms of the bucket's start.
+    pub bucket: i64,
+    pub count: u64,
+}
+
+/// What `GET /v1/usage` sums. At most one of api, project, key is usually set; all that are
+/// set must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub api_id: Option<String>,
+    pub project_id: Option<String>,
+    pub key_id: Option<String>,
+    pub granularity: Granularity,
+    /// Inclusive, unix ms.
+    pub from: i64,
+    /// Exclusive, unix ms.
+    pub to: i64,
+}
+
+/// The summed count of one outcome in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub bucket: i64,
+    pub code: Code,
+    pub count: u64,
+}
+
+const ID_ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+fn push_base62(out: &mut String, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 16];
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = ID_ALPHABET[(n % 62) as usize];
+        n /= 62;
+    }
+    out.extend(digits[..width].iter().map(|&b| b as char));
+}
+
+/// An access-log event id: `ver_` + 9 base62 digits of unix ms + 4 of the node's tag + 9 of
+/// a per-node sequence. Ids sort by time in byte order, and a node never repeats one.
+pub fn verification_id(unix_ms: i64, node_tag: u32, seq: u64) -> String {
+    let mut out = String::with_capacity(26);
+    out.push_str("ver_");
+    push_base62(&mut out, unix_ms.max(0) as u64, 9);
+    push_base62(&mut out, u64::from(node_tag) % 14_776_336, 4);
+    push_base62(&mut out, seq % 13_537_086_546_263_552, 9);
+    out
+}
+
+/// The smallest event id of `unix_ms`: every event before it has a smaller id.
+pub fn verification_id_floor(unix_ms: i64) -> String {
+    let mut out = String::with_capacity(13);
+    out.push_str("ver_");
+    push_base62(&mut out, unix_ms.max(0) as u64, 9);
+    out
+}
+
+// --- audit log ----------------------------------------------------------------------------
+
+/// A change about to be appended to the audit log; the store assigns sequence and hashes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRecord {
+    pub id: String,
+    pub time: OffsetDateTime,
+    pub workspace_id: String,
+    /// `rk_…`, `usr_…` or `cli`.
+    pub actor: String,
+    /// e.g. `key.create`, `api.delete`, `root_key.revoke`.
+    pub action: String,
+    /// The id of the object changed.
+    pub target: String,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    /// The new values of the changed fields. Security: never a plaintext key or a digest.
+    pub changes: serde_json::Value,
+}
+
+/// One entry of a workspace's audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct AuditEntry {
+    /// Position in the workspace's chain: 1, 2, 3, … without gaps.
+    pub seq: i64,
+    pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    #[serde(skip)]
+    pub workspace_id: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub request_id: Option<String>,
+    pub ip: Option<String>,
+    /// JSON text exactly as hashed.
+    #[serde(skip)]
+    pub changes_json: String,
+    #[serde(rename = "changes")]
+    #[schema(value_type = Object)]
+    pub changes: serde_json::Value,
+    /// Hex SHA-256 of the previous entry (`""` for the first).
+    pub prev_hash: String,
+    /// Hex SHA-256 over this entry's canonical form and `prev_hash`.
+    pub hash: String,
+}
+
+/// The last link of a workspace's chain as recorded beside it. Lets `audit verify` notice
+/// entries deleted from the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    pub workspace_id: String,
+    /// `None` when entries exist but the head row does not.
+    pub seq: Option<i64>,
+    pub hash: Option<String>,
+}
+
+/// Filters for listing the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+}
+
+/// Parses `VALID`, `NOT_FOUND`, … back into a [`Code`].
+pub fn parse_code(s: &str) -> Option<Code> {
+    Code::ALL.into_iter().find(|c| c.as_str() == s)
+}
+
+impl AuditEntry {
+    /// The hash of this entry: SHA-256 over a length-prefixed serialization of every field in
+    /// a fixed order, ending with `prev_hash`. Length prefixes make the encoding unambiguous,
+    /// so no two different entries serialize alike. `hash` itself is not an input.
+    pub fn compute_hash(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"keyward-audit-v1\n");
+        let mut field = |v: Option<&str>| match v {
+            Some(v) => {
+                h.update(format!("s{}:", v.len()).as_bytes());
+                h.update(v.as_bytes());
+                h.update(b"\n");
+            }
+            None => h.update(b"n\n"),
+        };
+        field(Some(&self.workspace_id));
+        field(Some(&self.seq.to_string()));
+        field(Some(&self.id));
+        field(Some(&to_unix_ms(self.time).to_string()));
+        field(Some(&self.actor));
+        field(Some(&self.action));
+        field(Some(&self.target));
+        field(self.request_id.as_deref());
+        field(self.ip.as_deref());
+        field(Some(&self.changes_json));
+        field(Some(&self.prev_hash));
+        let mut out = String::with_capacity(64);
+        for b in h.finalize() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out
+    }
+}
+
+/// Why a chain does not verify, naming the first entry at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainFault {
+    /// The entry's content no longer matches its hash.
+    Altered { id: String, seq: i64 },
+    /// The entry does not follow the one before it: something was inserted or removed
+    /// just before it.
+    Broken {
+        id: String,
+        seq: i64,
+        expected_seq: i64,
+    },
+    /// Entries after `seq` were removed (the head row records a later link), or the head row
+    /// does not match the last entry.
+    Truncated { last_seq: i64, head_seq: i64 },
+    /// Entries exist but the head row is gone.
+    MissingHead,
+}
+
+impl std::fmt::Display for ChainFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainFault::Altered { id, seq } => {
+                write!(
+                    f,
+                    "entry {id} (#{seq}) was altered: its hash does not match"
+                )
+            }
+            ChainFault::Broken {
+                id,
+                seq,
+                expected_seq,
+            } => write!(
+                f,
+                "the chain breaks at entry {id} (#{seq}, expected #{expected_seq}): an entry \
+                 was inserted or removed before it"
+            ),
+            ChainFault::Truncated { last_seq, head_seq } => write!(
+                f,
+                "the chain ends at #{last_seq} but its head records #{head_seq}: entries were \
+                 removed from the end (or the head was altered)"
+            ),
+            ChainFault::MissingHead => write!(f, "the chain's head record is missing"),
+        }
+    }
+}
+
+/// Checks one workspace's chain incrementally: feed entries in `seq` order, then `finish`.
+#[derive(Debug, Default)]
+pub struct ChainVerifier {
+    last_seq: i64,
+    last_hash: String,
+    pub checked: u64,
+}
+
+impl ChainVerifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, e: &AuditEntry) -> Result<(), ChainFault> {
+        let expected_seq = self.last_seq + 1;
+        if e.seq != expected_seq || e.prev_hash != self.last_hash {
+            return Err(ChainFault::Broken {
+                id: e.id.clone(),
+                seq: e.seq,
+                expected_seq,
+            });
+        }
+        if e.compute_hash() != e.hash {
+            return Err(ChainFault::Altered {
+                id: e.id.clone(),
+                seq: e.seq,
+            });
+        }
+        self.last_seq = e.seq;
+        self.last_hash.clone_from(&e.hash);
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// Compares the end of the chain with the recorded head.
+    pub fn finish(&self, head: &AuditHead) -> Result<(), ChainFault> {
+        match (head.seq, head.hash.as_deref()) {
+            (Some(seq), Some(hash)) if seq == self.last_seq && hash == self.last_hash => Ok(()),
+            (Some(seq), _) => Err(ChainFault::Truncated {
+                last_seq: self.last_seq,
+                head_seq: seq,
+            }),
+            _ if self.last_seq == 0 => Ok(()),
+            _ => Err(ChainFault::MissingHead),
+        }
+    }
+
+    /// The hash of the last entry checked: publish it to anchor the chain elsewhere.
+    pub fn head_hash(&self) -> &str {
+        &self.last_hash
+    }
+}
+
+// --- storage ------------------------------------------------------------------------------
+
+/// Connection-pool occupancy, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// The records half of [`crate::Store`] (a supertrait of it).
+#[async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Appends access-log events, all in one transaction.
+    async fn insert_verifications(&self, events: &[VerificationEvent]) -> StoreResult<()>;
+    /// Adds each count to its bucket (creating it), all in one transaction.
+    async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()>;
+    /// Both of the above in one transaction: what the access-log writer calls.
+    async fn record_batch(
+        &self,
+        events: &[VerificationEvent],
+        counts: &[UsageCount],
+    ) -> StoreResult<()>;
+    /// Newest first; `page.after` is the last id of the previous page.
+    async fn list_verifications(
+        &self,
+        workspace_id: &str,
+        filter: &VerificationFilter,
+        page: &Page,
+    ) -> StoreResult<Listing<VerificationEvent>>;
+    /// Sums per bucket and code, oldest bucket first.
+    async fn usage(&self, workspace_id: &str, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
+    /// Deletes access-log events before `events_before` and usage buckets starting before
+    /// `usage_before`; returns how many rows went.
+    async fn prune_records(
+        &self,
+        events_before: OffsetDateTime,
+        usage_before: OffsetDateTime,
+    ) -> StoreResult<u64>;
+
+    /// Appends to the workspace's chain. Appends are serialized, so the chain never forks.
+    async fn append_audit(&self, record: &AuditRecord) -> StoreResult<AuditEntry>;
+    /// Newest first; `page.after` is the `seq` (as text) of the previous page's last entry.
+    async fn list_audit(
+        &self,
+        workspace_id: &str,
+        filter: &AuditFilter,
+        page: &Page,
+    ) -> StoreResult<Listing<AuditEntry>>;
+    /// Entries with `seq > after_seq`, in `seq` order, at most `limit`: for `audit verify`.
+    async fn audit_chain(
+        &self,
+        workspace_id: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>>;
+    /// Every workspace that has a head row or audit entries.
+    async fn audit_heads(&self) -> StoreResult<Vec<AuditHead>>;
+
+    fn pool_stats(&self) -> PoolStats;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: i64, prev: &str) -> AuditEntry {
+        let time = time::macros::datetime!(2024-05-01 00:00 UTC);
+        let mut e = AuditEntry {
+            seq,
+            id: format!("aud_{seq}"),
+            time,
+            workspace_id: "ws_1".into(),
+            actor: "cli".into(),
+            action: "key.create".into(),
+            target: "key_1".into(),
+            request_id: None,
+            ip: Some("127.0.0.1".into()),
+            changes_json: "{\"name\":\"a\"}".into(),
+            changes: serde_json::json!({"name": "a"}),
+            prev_hash: prev.into(),
+            hash: String::new(),
+        };
+        e.hash = e.compute_hash();
+        e
+    }
+
+    #[test]
+    fn a_chain_verifies_and_each_kind_of_tampering_is_named() {
+        let a = entry(1, "");
+        let b = entry(2, &a.hash);
+        let c = entry(3, &b.hash);
+        let head = AuditHead {
+            workspace_id: "ws_1".into(),
+            seq: Some(3),
+            hash: Some(c.hash.clone()),
+        };
+        let mut v = ChainVerifier::new();
+        for e in [&a, &b, &c] {
+            assert_eq!(v.push(e), Ok(()));
+        }
+        assert_eq!(v.finish(&head), Ok(()));
+
+        let mut altered = b.clone();
+        altered.target = "key_2".into();
+        let mut v = ChainVerifier::new();
+        assert_eq!(v.push(&a), Ok(()));
+        assert!(matches!(
+            v.push(&altered),
+            Err(ChainFault::Altered { seq: 2, .. })
+        ));
+
+        let mut v = ChainVerifier::new();
+        assert_eq!(v.push(&a), Ok(()));
+        assert!(matches!(v.push(&c), Err(ChainFault::Broken { seq: 3, .. })));
+
+        let mut v = ChainVerifier::new();
+        assert_eq!(v.push(&a), Ok(()));
+        assert_eq!(v.push(&b), Ok(()));
+        assert!(matches!(v.finish(&head), Err(ChainFault::Truncated { .. })));
+    }
+
+    #[test]
+    fn none_and_empty_hash_differently() {
+        let a = entry(1, "");
+        let mut b = a.clone();
+        b.request_id = Some(String::new());
+        assert_ne!(a.compute_hash(), b.compute_hash());
+    }
+
+    #[test]
+    fn event_ids_sort_by_time_then_sequence() {
+        let a = verification_id(1_700_000_000_000, 7, 5);
+        let b = verification_id(1_700_000_000_000, 7, 6);
+        let c = verification_id(1_700_000_000_001, 0, 0);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a.len(), 26);
+        assert!(verification_id_floor(1_700_000_000_000) <= a);
+        assert!(verification_id_floor(1_700_000_000_001) > b);
+    }
+
+    #[test]
+    fn buckets_floor_to_their_granularity() {
+        assert_eq!(Granularity::Minute.bucket(119_999), 60_000);
+        assert_eq!(Granularity::Hour.bucket(3_600_000 * 5 + 1), 3_600_000 * 5);
+        assert_eq!(Granularity::Day.bucket(-1), -86_400_000);
+    }
+}

@@ -1,0 +1,374 @@
+//! Conformance cases for the records half of the store: access log, usage counts, audit
+//! chain. Re-exported from [`crate::conformance`], where the case list lives.
+
+use super::conformance::{at, new_workspace, T0};
+use keyward_core::clock::to_unix_ms;
+use keyward_core::id::new_id;
+use keyward_core::model::Page;
+use keyward_core::records::{
+    verification_id, AuditFilter, AuditRecord, ChainVerifier, Granularity, UsageCount, UsageQuery,
+    UsageRow, VerificationEvent, VerificationFilter,
+};
+use keyward_core::verify::Code;
+use keyward_core::Store;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use time::OffsetDateTime;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn event(
+    workspace_id: &str,
+    time: OffsetDateTime,
+    key_id: Option<&str>,
+    code: Code,
+) -> VerificationEvent {
+    VerificationEvent {
+        id: verification_id(to_unix_ms(time), 42, SEQ.fetch_add(1, Ordering::Relaxed)),
+        time,
+        workspace_id: workspace_id.to_owned(),
+        api_id: Some("api_a".to_owned()),
+        key_id: key_id.map(str::to_owned),
+        project_id: key_id.map(|_| "prj_a".to_owned()),
+        code,
+        ip: Some("203.0.113.7".to_owned()),
+        method: Some("GET".to_owned()),
+        path: Some("/v1/orders".to_owned()),
+        origin: None,
+        node: "node-1".to_owned(),
+    }
+}
+
+fn page(limit: u32, after: Option<String>) -> Page {
+    Page { limit, after }
+}
+
+fn count(
+    workspace_id: &str,
+    key_id: Option<&str>,
+    code: Code,
+    g: Granularity,
+    t: i64,
+    n: u64,
+) -> UsageCount {
+    UsageCount {
+        workspace_id: workspace_id.to_owned(),
+        api_id: Some("api_a".to_owned()),
+        key_id: key_id.map(str::to_owned),
+        project_id: key_id.map(|_| "prj_a".to_owned()),
+        code,
+        granularity: g,
+        bucket: g.bucket(t),
+        count: n,
+    }
+}
+
+pub async fn verifications_are_listed_newest_first_filtered_and_paged(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let other = new_workspace(store.as_ref()).await;
+    let mut events = Vec::new();
+    for i in 0..25 {
+        let (key, code) = match i % 5 {
+            0 => (None, Code::NotFound),
+            1 => (Some("key_b"), Code::Revoked),
+            _ => (Some("key_a"), Code::Valid),
+        };
+        events.push(event(&ws.id, at(i * 1000), key, code));
+    }
+    events.push(event(&other.id, at(500), Some("key_a"), Code::Valid));
+    store
+        .insert_verifications(&events)
+        .await
+        .expect("insert verifications");
+
+    let all = VerificationFilter::default();
+    let first = store
+        .list_verifications(&ws.id, &all, &page(10, None))
+        .await
+        .expect("first page");
+    assert_eq!(first.items.len(), 10);
+    assert_eq!(
+        first.items[0], events[24],
+        "newest first, every field round-trips"
+    );
+    let mut seen = first.items.clone();
+    let mut next = first.next;
+    while let Some(after) = next {
+        let more = store
+            .list_verifications(&ws.id, &all, &page(10, Some(after)))
+            .await
+            .expect("next page");
+        seen.extend(more.items);
+        next = more.next;
+    }
+    assert_eq!(
+        seen.len(),
+        25,
+        "pages cover exactly this workspace's events"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].id > w[1].id),
+        "strictly newest first"
+    );
+
+    let by_key = VerificationFilter {
+        key_id: Some("key_b".into()),
+        ..VerificationFilter::default()
+    };
+    let listed = store
+        .list_verifications(&ws.id, &by_key, &page(100, None))
+        .await
+        .expect("by key");
+    assert_eq!(listed.items.len(), 5);
+    let by_code_and_time = VerificationFilter {
+        code: Some(Code::NotFound),
+        from: Some(at(5000)),
+        to: Some(at(15000)),
+        ..VerificationFilter::default()
+    };
+    let listed = store
+        .list_verifications(&ws.id, &by_code_and_time, &page(100, None))
+        .await
+        .expect("by code and time");
+    let times: Vec<_> = listed.items.iter().map(|e| e.time).collect();
+    assert_eq!(times, [at(10000), at(5000)], "from inclusive, to exclusive");
+    assert!(listed.items.iter().all(|e| e.key_id.is_none()));
+}
+
+pub async fn usage_counts_add_up_per_bucket_and_code(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let t = to_unix_ms(T0);
+    let mut batch = Vec::new();
+    for g in Granularity::ALL {
+        batch.push(count(&ws.id, Some("key_a"), Code::Valid, g, t, 3));
+        batch.push(count(&ws.id, None, Code::NotFound, g, t, 2));
+        batch.push(count(&ws.id, Some("key_a"), Code::Valid, g, t + 60_000, 1));
+    }
+    store.add_usage(&batch).await.expect("first add");
+    store
+        .record_batch(&[], &batch[..3])
+        .await
+        .expect("second add, same buckets");
+
+    let minute = Granularity::Minute;
+    let query = |g: Granularity, key_id: Option<&str>| UsageQuery {
+        api_id: None,
+        project_id: None,
+        key_id: key_id.map(str::to_owned),
+        granularity: g,
+        from: g.bucket(t),
+        to: g.bucket(t) + 2 * g.millis(),
+    };
+    let rows = store
+        .usage(&ws.id, &query(minute, None))
+        .await
+        .expect("usage by minute");
+    let b = minute.bucket(t);
+    assert_eq!(
+        rows,
+        [
+            UsageRow {
+                bucket: b,
+                code: Code::NotFound,
+                count: 4
+            },
+            UsageRow {
+                bucket: b,
+                code: Code::Valid,
+                count: 6
+            },
+            UsageRow {
+                bucket: b + 60_000,
+                code: Code::Valid,
+                count: 2
+            },
+        ]
+    );
+    let rows = store
+        .usage(&ws.id, &query(Granularity::Day, Some("key_a")))
+        .await
+        .expect("usage by day for one key");
+    let total: u64 = rows.iter().map(|r| r.count).sum();
+    assert_eq!(total, 4, "the day sums its minutes for key_a only");
+    let other = new_workspace(store.as_ref()).await;
+    assert!(store
+        .usage(&other.id, &query(minute, None))
+        .await
+        .expect("other workspace")
+        .is_empty());
+}
+
+pub async fn records_older_than_their_retention_are_pruned(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let old = event(&ws.id, at(-86_400_000), Some("key_a"), Code::Valid);
+    let new = event(&ws.id, at(0), Some("key_a"), Code::Valid);
+    store
+        .record_batch(
+            &[old, new.clone()],
+            &[
+                count(
+                    &ws.id,
+                    None,
+                    Code::Valid,
+                    Granularity::Day,
+                    to_unix_ms(at(-3 * 86_400_000)),
+                    1,
+                ),
+                count(
+                    &ws.id,
+                    None,
+                    Code::Valid,
+                    Granularity::Day,
+                    to_unix_ms(at(0)),
+                    1,
+                ),
+            ],
+        )
+        .await
+        .expect("record");
+    let removed = store
+        .prune_records(at(-1000), at(-86_400_000))
+        .await
+        .expect("prune");
+    assert!(
+        removed >= 2,
+        "at least this workspace's old rows: {removed}"
+    );
+    let left = store
+        .list_verifications(&ws.id, &VerificationFilter::default(), &page(10, None))
+        .await
+        .expect("list");
+    assert_eq!(left.items, [new]);
+    let day = Granularity::Day;
+    let rows = store
+        .usage(
+            &ws.id,
+            &UsageQuery {
+                api_id: None,
+                project_id: None,
+                key_id: None,
+                granularity: day,
+                from: day.bucket(to_unix_ms(at(-10 * 86_400_000))),
+                to: day.bucket(to_unix_ms(at(86_400_000))),
+            },
+        )
+        .await
+        .expect("usage");
+    assert_eq!(rows.len(), 1);
+}
+
+fn audit_record(workspace_id: &str, n: usize) -> AuditRecord {
+    AuditRecord {
+        id: new_id("aud", to_unix_ms(T0)),
+        time: at(n as i64),
+        workspace_id: workspace_id.to_owned(),
+        actor: "rk_test".to_owned(),
+        action: if n.is_multiple_of(2) {
+            "key.create"
+        } else {
+            "key.update"
+        }
+        .to_owned(),
+        target: format!("key_{n}"),
+        request_id: Some(format!("req-{n}")),
+        ip: None,
+        changes: serde_json::json!({ "name": format!("k{n}"), "n": n }),
+    }
+}
+
+/// Reads the whole chain and checks it against its head.
+pub async fn assert_chain_verifies(store: &dyn Store, workspace_id: &str) -> u64 {
+    let mut verifier = ChainVerifier::new();
+    let mut after = 0;
+    loop {
+        let entries = store
+            .audit_chain(workspace_id, after, 7)
+            .await
+            .expect("audit chain");
+        let Some(last) = entries.last() else { break };
+        after = last.seq;
+        for e in &entries {
+            verifier.push(e).unwrap_or_else(|f| panic!("chain: {f}"));
+        }
+    }
+    let heads = store.audit_heads().await.expect("heads");
+    let head = heads
+        .iter()
+        .find(|h| h.workspace_id == workspace_id)
+        .expect("a head row");
+    verifier
+        .finish(head)
+        .unwrap_or_else(|f| panic!("head: {f}"));
+    verifier.checked
+}
+
+pub async fn audit_entries_chain_and_list_newest_first(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let other = new_workspace(store.as_ref()).await;
+    let mut appended = Vec::new();
+    for n in 0..12 {
+        appended.push(
+            store
+                .append_audit(&audit_record(&ws.id, n))
+                .await
+                .expect("append"),
+        );
+    }
+    store
+        .append_audit(&audit_record(&other.id, 0))
+        .await
+        .expect("append elsewhere");
+    assert_eq!(appended[0].seq, 1);
+    assert_eq!(appended[0].prev_hash, "");
+    assert_eq!(appended[1].prev_hash, appended[0].hash);
+    assert_eq!(assert_chain_verifies(store.as_ref(), &ws.id).await, 12);
+    assert_eq!(assert_chain_verifies(store.as_ref(), &other.id).await, 1);
+
+    let first = store
+        .list_audit(&ws.id, &AuditFilter::default(), &page(5, None))
+        .await
+        .expect("list");
+    assert_eq!(
+        first.items.first(),
+        appended.last(),
+        "newest first, round-trips"
+    );
+    let second = store
+        .list_audit(
+            &ws.id,
+            &AuditFilter::default(),
+            &page(5, first.next.clone()),
+        )
+        .await
+        .expect("page 2");
+    assert_eq!(second.items.first().map(|e| e.seq), Some(7));
+    let updates = store
+        .list_audit(
+            &ws.id,
+            &AuditFilter {
+                action: Some("key.update".into()),
+                ..AuditFilter::default()
+            },
+            &page(100, None),
+        )
+        .await
+        .expect("by action");
+    assert_eq!(updates.items.len(), 6);
+}
+
+pub async fn concurrent_audit_appends_never_fork_the_chain(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let store = Arc::clone(&store);
+        let record = audit_record(&ws.id, n);
+        tasks.spawn(async move { store.append_audit(&record).await });
+    }
+    let mut seqs = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        seqs.push(done.expect("join").expect("concurrent append").seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=24).collect::<Vec<i64>>());
+    assert_eq!(assert_chain_verifies(store.as_ref(), &ws.id).await, 24);
+}

@@ -1,0 +1,640 @@
+//! The records half of the store (access log, usage counts, audit chain), on both backends.
+//!
+//! Batches are written as multi-row statements of a few fixed sizes, so every statement text
+//! is prepared once per connection and reused, and a batch of thousands of events costs a
+//! handful of round trips in one transaction.
+
+use keyward_core::clock::{from_unix_ms, to_unix_ms};
+use keyward_core::records::{
+    parse_code, AuditEntry, AuditFilter, AuditHead, Granularity, UsageQuery, VerificationEvent,
+    VerificationFilter,
+};
+use keyward_core::StoreError;
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+/// Rows per multi-row statement, largest first; any batch splits into these.
+pub(crate) const CHUNKS: [usize; 4] = [256, 32, 4, 1];
+
+pub(crate) const EVENT_COLS: &str =
+    "id, workspace_id, time, api_id, key_id, project_id, code, ip, method, path, origin, node";
+const EVENT_COL_COUNT: usize = 12;
+const USAGE_COL_COUNT: usize = 8;
+
+/// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `cols` columns, then `suffix`.
+fn values_sql(head: &str, cols: usize, rows: usize, suffix: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * cols * 5 + suffix.len());
+    sql.push_str(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { " VALUES (" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "${}", r * cols + c + 1);
+        }
+        sql.push(')');
+    }
+    sql.push_str(suffix);
+    sql
+}
+
+fn chunk_index(rows: usize) -> usize {
+    CHUNKS
+        .iter()
+        .position(|&c| c == rows)
+        .unwrap_or(CHUNKS.len() - 1)
+}
+
+/// The insert for a chunk of `rows` events (one of [`CHUNKS`]).
+pub(crate) fn insert_events_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        CHUNKS
+            .iter()
+            .map(|&n| {
+                values_sql(
+                    &format!("INSERT INTO verifications ({EVENT_COLS})"),
+                    EVENT_COL_COUNT,
+                    n,
+                    "",
+                )
+            })
+            .collect()
+    });
+    &all[chunk_index(rows)]
+}
+
+/// The upsert for a chunk of `rows` usage counts (one of [`CHUNKS`]).
+pub(crate) fn upsert_usage_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        CHUNKS
+            .iter()
+            .map(|&n| {
+                values_sql(
+                    "INSERT INTO usage_counts (workspace_id, granularity, bucket, api_id, \
+                     key_id, project_id, code, count)",
+                    USAGE_COL_COUNT,
+                    n,
+                    " ON CONFLICT (workspace_id, granularity, bucket, api_id, key_id, \
+                     project_id, code) DO UPDATE SET count = usage_counts.count + excluded.count",
+                )
+            })
+            .collect()
+    });
+    &all[chunk_index(rows)]
+}
+
+/// Splits `items` into slices whose lengths are all in [`CHUNKS`].
+pub(crate) fn chunks<T>(mut items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    for &size in &CHUNKS {
+        while items.len() >= size {
+            let (head, tail) = items.split_at(size);
+            out.push(head);
+            items = tail;
+        }
+    }
+    out
+}
+
+pub(crate) fn granularity(g: Granularity) -> &'static str {
+    g.as_str()
+}
+
+/// A bind value of a dynamically built query.
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The access-log listing for this filter: `$1` workspace, `$2` the `id <` bound.
+pub(crate) fn list_verifications_sql(
+    filter: &VerificationFilter,
+    limit: i64,
+) -> (String, Vec<Bind>) {
+    let mut sql =
+        format!("SELECT {EVENT_COLS} FROM verifications WHERE workspace_id = $1 AND id < $2");
+    let mut binds = Vec::new();
+    let mut cond = |sql: &mut String, column: &str, op: &str, bind: Bind| {
+        binds.push(bind);
+        let _ = write!(sql, " AND {column} {op} ${}", binds.len() + 2);
+    };
+    if let Some(v) = &filter.api_id {
+        cond(&mut sql, "api_id", "=", Bind::Text(v.clone()));
+    }
+    if let Some(v) = &filter.key_id {
+        cond(&mut sql, "key_id", "=", Bind::Text(v.clone()));
+    }
+    if let Some(v) = &filter.project_id {
+        cond(&mut sql, "project_id", "=", Bind::Text(v.clone()));
+    }
+    if let Some(v) = filter.code {
+        cond(&mut sql, "code", "=", Bind::Text(v.as_str().to_owned()));
+    }
+    if let Some(v) = filter.from {
+        cond(&mut sql, "time", ">=", Bind::Int(to_unix_ms(v)));
+    }
+    if let Some(v) = filter.to {
+        cond(&mut sql, "time", "<", Bind::Int(to_unix_ms(v)));
+    }
+    binds.push(Bind::Int(limit));
+    let _ = write!(sql, " ORDER BY id DESC LIMIT ${}", binds.len() + 2);
+    (sql, binds)
+}
+
+/// The usage sum for this query: `$1` workspace, `$2` granularity, `$3`/`$4` the range.
+pub(crate) fn usage_sql(query: &UsageQuery) -> (String, Vec<Bind>) {
+    let mut sql = String::from(
+        "SELECT bucket, code, CAST(SUM(count) AS BIGINT) AS count FROM usage_counts \
+         WHERE workspace_id = $1 AND granularity = $2 AND bucket >= $3 AND bucket < $4",
+    );
+    let mut binds = Vec::new();
+    for (column, value) in [
+        ("api_id", &query.api_id),
+        ("key_id", &query.key_id),
+        ("project_id", &query.project_id),
+    ] {
+        if let Some(v) = value {
+            binds.push(Bind::Text(v.clone()));
+            let _ = write!(sql, " AND {column} = ${}", binds.len() + 4);
+        }
+    }
+    sql.push_str(" GROUP BY bucket, code ORDER BY bucket, code");
+    (sql, binds)
+}
+
+/// The audit listing for this filter: `$1` workspace, `$2` the `seq <` bound.
+pub(crate) fn list_audit_sql(filter: &AuditFilter, limit: i64) -> (String, Vec<Bind>) {
+    let mut sql =
+        format!("SELECT {AUDIT_COLS} FROM audit_log WHERE workspace_id = $1 AND seq < $2");
+    let mut binds = Vec::new();
+    for (column, value) in [
+        ("actor", &filter.actor),
+        ("action", &filter.action),
+        ("target", &filter.target),
+    ] {
+        if let Some(v) = value {
+            binds.push(Bind::Text(v.clone()));
+            let _ = write!(sql, " AND {column} = ${}", binds.len() + 2);
+        }
+    }
+    binds.push(Bind::Int(limit));
+    let _ = write!(sql, " ORDER BY seq DESC LIMIT ${}", binds.len() + 2);
+    (sql, binds)
+}
+
+pub(crate) const AUDIT_COLS: &str = "workspace_id, seq, id, time, actor, action, target, \
+     request_id, ip, changes, prev_hash, hash";
+
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log (workspace_id, seq, id, time, \
+     actor, action, target, request_id, ip, changes, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+pub(crate) const ENSURE_AUDIT_HEAD: &str = "INSERT INTO audit_heads (workspace_id, seq, hash) \
+     VALUES ($1, 0, '') ON CONFLICT (workspace_id) DO NOTHING";
+/// Takes the chain's lock: a row lock on PostgreSQL (concurrent appends wait here and then
+/// see the committed head), the database write lock on SQLite.
+pub(crate) const ADVANCE_AUDIT_HEAD: &str =
+    "UPDATE audit_heads SET seq = seq + 1 WHERE workspace_id = $1 RETURNING seq, hash";
+pub(crate) const SET_AUDIT_HEAD_HASH: &str =
+    "UPDATE audit_heads SET hash = $2 WHERE workspace_id = $1";
+pub(crate) const AUDIT_CHAIN: &str = "SELECT workspace_id, seq, id, time, actor, action, \
+     target, request_id, ip, changes, prev_hash, hash FROM audit_log \
+     WHERE workspace_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+pub(crate) const AUDIT_HEADS: &str = "SELECT workspace_id, seq, hash FROM audit_heads \
+     UNION ALL SELECT DISTINCT a.workspace_id, CAST(NULL AS BIGINT), CAST(NULL AS TEXT) \
+     FROM audit_log a \
+     WHERE NOT EXISTS (SELECT 1 FROM audit_heads h WHERE h.workspace_id = a.workspace_id) \
+     ORDER BY 1";
+/// Deletes in slices so a big prune never holds SQLite's write lock for long.
+pub(crate) const PRUNE_VERIFICATIONS: &str = "DELETE FROM verifications WHERE id IN \
+     (SELECT id FROM verifications WHERE id < $1 LIMIT 10000)";
+pub(crate) const PRUNE_USAGE: &str = "DELETE FROM usage_counts WHERE bucket < $1";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    id: String,
+    workspace_id: String,
+    time: i64,
+    api_id: Option<String>,
+    key_id: Option<String>,
+    project_id: Option<String>,
+    code: String,
+    ip: Option<String>,
+    method: Option<String>,
+    path: Option<String>,
+    origin: Option<String>,
+    node: String,
+}
+
+impl TryFrom<EventRow> for VerificationEvent {
+    type Error = StoreError;
+
+    fn try_from(r: EventRow) -> Result<Self, StoreError> {
+        let code = parse_code(&r.code)
+            .ok_or_else(|| StoreError::Corrupt(format!("verification {}: unknown code", r.id)))?;
+        Ok(VerificationEvent {
+            id: r.id,
+            time: from_unix_ms(r.time),
+            workspace_id: r.workspace_id,
+            api_id: r.api_id,
+            key_id: r.key_id,
+            project_id: r.project_id,
+            code,
+            ip: r.ip,
+            method: r.method,
+            path: r.path,
+            origin: r.origin,
+            node: r.node,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct UsageSumRow {
+    pub(crate) bucket: i64,
+    pub(crate) code: String,
+    pub(crate) count: i64,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    workspace_id: String,
+    seq: i64,
+    id: String,
+    time: i64,
+    actor: String,
+    action: String,
+    target: String,
+    request_id: Option<String>,
+    ip: Option<String>,
+    changes: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(r: AuditRow) -> Result<Self, StoreError> {
+        // An edited row may hold anything; keep it verifiable rather than failing to load.
+        let changes = serde_json::from_str(&r.changes).unwrap_or(serde_json::Value::Null);
+        Ok(AuditEntry {
+            seq: r.seq,
+            id: r.id,
+            time: from_unix_ms(r.time),
+            workspace_id: r.workspace_id,
+            actor: r.actor,
+            action: r.action,
+            target: r.target,
+            request_id: r.request_id,
+            ip: r.ip,
+            changes_json: r.changes,
+            changes,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditHeadRow {
+    workspace_id: String,
+    seq: Option<i64>,
+    hash: Option<String>,
+}
+
+impl From<AuditHeadRow> for AuditHead {
+    fn from(r: AuditHeadRow) -> Self {
+        AuditHead {
+            workspace_id: r.workspace_id,
+            seq: r.seq,
+            hash: r.hash,
+        }
+    }
+}
+
+/// Implements `keyward_core::records::RecordStore` for a type with a `pool` field.
+macro_rules! impl_record_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl keyward_core::records::RecordStore for $store {
+            async fn insert_verifications(
+                &self,
+                events: &[keyward_core::records::VerificationEvent],
+            ) -> keyward_core::store::StoreResult<()> {
+                self.record_batch(events, &[]).await
+            }
+
+            async fn add_usage(
+                &self,
+                counts: &[keyward_core::records::UsageCount],
+            ) -> keyward_core::store::StoreResult<()> {
+                self.record_batch(&[], counts).await
+            }
+
+            async fn record_batch(
+                &self,
+                events: &[keyward_core::records::VerificationEvent],
+                counts: &[keyward_core::records::UsageCount],
+            ) -> keyward_core::store::StoreResult<()> {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                if events.is_empty() && counts.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+                for chunk in r::chunks(events) {
+                    let mut q = sqlx::query(r::insert_events_sql(chunk.len()));
+                    for e in chunk {
+                        q = q
+                            .bind(&e.id)
+                            .bind(&e.workspace_id)
+                            .bind(keyward_core::clock::to_unix_ms(e.time))
+                            .bind(&e.api_id)
+                            .bind(&e.key_id)
+                            .bind(&e.project_id)
+                            .bind(e.code.as_str())
+                            .bind(&e.ip)
+                            .bind(&e.method)
+                            .bind(&e.path)
+                            .bind(&e.origin)
+                            .bind(&e.node);
+                    }
+                    q.execute(&mut *tx).await.map_err(map_sqlx)?;
+                }
+                for chunk in r::chunks(counts) {
+                    let mut q = sqlx::query(r::upsert_usage_sql(chunk.len()));
+                    for c in chunk {
+                        q = q
+                            .bind(&c.workspace_id)
+                            .bind(r::granularity(c.granularity))
+                            .bind(c.bucket)
+                            .bind(c.api_id.as_deref().unwrap_or(""))
+                            .bind(c.key_id.as_deref().unwrap_or(""))
+                            .bind(c.project_id.as_deref().unwrap_or(""))
+                            .bind(c.code.as_str())
+                            .bind(i64::try_from(c.count).unwrap_or(i64::MAX));
+                    }
+                    q.execute(&mut *tx).await.map_err(map_sqlx)?;
+                }
+                tx.commit().await.map_err(map_sqlx)
+            }
+
+            async fn list_verifications(
+                &self,
+                workspace_id: &str,
+                filter: &keyward_core::records::VerificationFilter,
+                page: &keyward_core::model::Page,
+            ) -> keyward_core::store::StoreResult<
+                keyward_core::model::Listing<keyward_core::records::VerificationEvent>,
+            > {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let limit = $crate::rows::page_limit(page);
+                let (text, binds) = r::list_verifications_sql(filter, limit + 1);
+                // Every id sorts before `~`.
+                let after = page.after.as_deref().unwrap_or("~");
+                let mut q = sqlx::query_as::<_, r::EventRow>(&text)
+                    .bind(workspace_id)
+                    .bind(after);
+                for b in binds {
+                    q = match b {
+                        r::Bind::Text(v) => q.bind(v),
+                        r::Bind::Int(v) => q.bind(v),
+                    };
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(map_sqlx)?;
+                let items = rows
+                    .into_iter()
+                    .map(keyward_core::records::VerificationEvent::try_from)
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok($crate::rows::listing(items, limit, |e| &e.id))
+            }
+
+            async fn usage(
+                &self,
+                workspace_id: &str,
+                query: &keyward_core::records::UsageQuery,
+            ) -> keyward_core::store::StoreResult<Vec<keyward_core::records::UsageRow>> {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let (text, binds) = r::usage_sql(query);
+                let mut q = sqlx::query_as::<_, r::UsageSumRow>(&text)
+                    .bind(workspace_id)
+                    .bind(r::granularity(query.granularity))
+                    .bind(query.from)
+                    .bind(query.to);
+                for b in binds {
+                    q = match b {
+                        r::Bind::Text(v) => q.bind(v),
+                        r::Bind::Int(v) => q.bind(v),
+                    };
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(map_sqlx)?;
+                rows.into_iter()
+                    .map(|row| {
+                        let code =
+                            keyward_core::records::parse_code(&row.code).ok_or_else(|| {
+                                keyward_core::StoreError::Corrupt("usage: unknown code".into())
+                            })?;
+                        Ok(keyward_core::records::UsageRow {
+                            bucket: row.bucket,
+                            code,
+                            count: u64::try_from(row.count).unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn prune_records(
+                &self,
+                events_before: time::OffsetDateTime,
+                usage_before: time::OffsetDateTime,
+            ) -> keyward_core::store::StoreResult<u64> {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let floor = keyward_core::records::verification_id_floor(
+                    keyward_core::clock::to_unix_ms(events_before),
+                );
+                let mut total = 0;
+                loop {
+                    let done = sqlx::query(r::PRUNE_VERIFICATIONS)
+                        .bind(&floor)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(map_sqlx)?;
+                    total += done.rows_affected();
+                    if done.rows_affected() == 0 {
+                        break;
+                    }
+                }
+                let done = sqlx::query(r::PRUNE_USAGE)
+                    .bind(keyward_core::clock::to_unix_ms(usage_before))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(total + done.rows_affected())
+            }
+
+            async fn append_audit(
+                &self,
+                record: &keyward_core::records::AuditRecord,
+            ) -> keyward_core::store::StoreResult<keyward_core::records::AuditEntry> {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let changes_json = serde_json::to_string(&record.changes).map_err(|e| {
+                    keyward_core::StoreError::Corrupt(format!("audit changes: {e}"))
+                })?;
+                let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+                sqlx::query(r::ENSURE_AUDIT_HEAD)
+                    .bind(&record.workspace_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
+                let (seq, prev_hash): (i64, String) = sqlx::query_as(r::ADVANCE_AUDIT_HEAD)
+                    .bind(&record.workspace_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
+                let mut entry = keyward_core::records::AuditEntry {
+                    seq,
+                    id: record.id.clone(),
+                    time: record.time,
+                    workspace_id: record.workspace_id.clone(),
+                    actor: record.actor.clone(),
+                    action: record.action.clone(),
+                    target: record.target.clone(),
+                    request_id: record.request_id.clone(),
+                    ip: record.ip.clone(),
+                    changes_json,
+                    changes: record.changes.clone(),
+                    prev_hash,
+                    hash: String::new(),
+                };
+                entry.hash = entry.compute_hash();
+                sqlx::query(r::INSERT_AUDIT)
+                    .bind(&entry.workspace_id)
+                    .bind(entry.seq)
+                    .bind(&entry.id)
+                    .bind(keyward_core::clock::to_unix_ms(entry.time))
+                    .bind(&entry.actor)
+                    .bind(&entry.action)
+                    .bind(&entry.target)
+                    .bind(&entry.request_id)
+                    .bind(&entry.ip)
+                    .bind(&entry.changes_json)
+                    .bind(&entry.prev_hash)
+                    .bind(&entry.hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
+                sqlx::query(r::SET_AUDIT_HEAD_HASH)
+                    .bind(&entry.workspace_id)
+                    .bind(&entry.hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
+                tx.commit().await.map_err(map_sqlx)?;
+                Ok(entry)
+            }
+
+            async fn list_audit(
+                &self,
+                workspace_id: &str,
+                filter: &keyward_core::records::AuditFilter,
+                page: &keyward_core::model::Page,
+            ) -> keyward_core::store::StoreResult<
+                keyward_core::model::Listing<keyward_core::records::AuditEntry>,
+            > {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let limit = $crate::rows::page_limit(page);
+                let after = match page.after.as_deref() {
+                    None => i64::MAX,
+                    // A cursor that is not a number matches nothing rather than everything.
+                    Some(a) => a.parse::<i64>().unwrap_or(0),
+                };
+                let (text, binds) = r::list_audit_sql(filter, limit + 1);
+                let mut q = sqlx::query_as::<_, r::AuditRow>(&text)
+                    .bind(workspace_id)
+                    .bind(after);
+                for b in binds {
+                    q = match b {
+                        r::Bind::Text(v) => q.bind(v),
+                        r::Bind::Int(v) => q.bind(v),
+                    };
+                }
+                let rows = q.fetch_all(&self.pool).await.map_err(map_sqlx)?;
+                let items = rows
+                    .into_iter()
+                    .map(keyward_core::records::AuditEntry::try_from)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut listing = $crate::rows::listing(items, limit, |e| &e.id);
+                listing.next = listing
+                    .next
+                    .as_ref()
+                    .and_then(|_| listing.items.last())
+                    .map(|e| e.seq.to_string());
+                Ok(listing)
+            }
+
+            async fn audit_chain(
+                &self,
+                workspace_id: &str,
+                after_seq: i64,
+                limit: u32,
+            ) -> keyward_core::store::StoreResult<Vec<keyward_core::records::AuditEntry>> {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let rows: Vec<r::AuditRow> = sqlx::query_as(r::AUDIT_CHAIN)
+                    .bind(workspace_id)
+                    .bind(after_seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                rows.into_iter()
+                    .map(keyward_core::records::AuditEntry::try_from)
+                    .collect()
+            }
+
+            async fn audit_heads(
+                &self,
+            ) -> keyward_core::store::StoreResult<Vec<keyward_core::records::AuditHead>> {
+                use $crate::error::map_sqlx;
+                use $crate::records as r;
+                let rows: Vec<r::AuditHeadRow> = sqlx::query_as(r::AUDIT_HEADS)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            fn pool_stats(&self) -> keyward_core::records::PoolStats {
+                keyward_core::records::PoolStats {
+                    size: self.pool.size(),
+                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+                    max: self.pool.options().get_max_connections(),
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_record_store;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_split_into_the_fixed_chunk_sizes() {
+        let items: Vec<u32> = (0..303).collect();
+        let sizes: Vec<usize> = chunks(&items).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [256, 32, 4, 4, 4, 1, 1, 1]);
+        assert_eq!(sizes.iter().sum::<usize>(), 303);
+        assert!(insert_events_sql(4).ends_with("$45, $46, $47, $48)"));
+    }
+}
