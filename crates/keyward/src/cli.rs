@@ -34,6 +34,9 @@ pub enum Command {
     /// Run the server.
     #[command(after_help = ENV_HELP)]
     Serve(ServeArgs),
+    /// Run only the gateway: a reverse proxy that blocks every request without a valid key.
+    #[command(after_help = GATEWAY_HELP)]
+    Gateway(GatewayArgs),
     /// Apply database migrations and exit.
     #[command(after_help = ENV_HELP)]
     Migrate(StoreArgs),
@@ -100,6 +103,57 @@ pub struct ServeArgs {
     /// Worker threads [default: available cores]; 1 runs everything on one thread.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Also run the gateway described by this file (gateway.toml), on its own listener.
+    #[arg(long, value_name = "FILE")]
+    pub gateway: Option<PathBuf>,
+}
+
+const GATEWAY_HELP: &str = "\
+The gateway opens the same database as `keyward serve` (--data-dir, --database-url, the
+keyward.toml given with --server-config or found in the working directory, and the KEYWARD_*
+environment) and listens on the `listen` address of its own config file.
+SIGHUP reloads the gateway config without dropping connections; a bad file is logged and the
+running configuration kept. SIGTERM stops it gracefully.";
+
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The gateway configuration (gateway.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Validate the gateway configuration and exit: 0 when valid, 2 when not.
+    #[arg(long)]
+    pub check: bool,
+    /// Directory for the SQLite database and the pepper [default: ./keyward-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://…` [default: sqlite://{data-dir}/keyward.db].
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The server's configuration file [default: ./keyward.toml if it exists].
+    #[arg(long, value_name = "FILE")]
+    pub server_config: Option<PathBuf>,
+    /// Log format on stderr [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Worker threads [default: available cores]; 1 runs everything on one thread.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+}
+
+impl GatewayArgs {
+    /// The serve arguments that resolve the same store settings.
+    pub fn serve_args(&self) -> ServeArgs {
+        ServeArgs {
+            store: StoreArgs {
+                data_dir: self.data_dir.clone(),
+                database_url: self.database_url.clone(),
+                config: self.server_config.clone(),
+            },
+            log_format: self.log_format,
+            workers: self.workers,
+            ..ServeArgs::default()
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,7 +29,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             let config = Config::load(&args, &env)?;
             init_logging(config.log_format, &config.log_filter)?;
-            commands::serve::run(config)
+            commands::serve::run(config, args.gateway)
+        }
+        Command::Gateway(args) if args.check => commands::gateway::check(&args.config),
+        Command::Gateway(args) => {
+            let config = Config::load(&args.serve_args(), &env)?;
+            init_logging(config.log_format, &config.log_filter)?;
+            commands::gateway::run(config, &args.config)
         }
         Command::Migrate(store) => {
             let config = store_config(store, &env)?;

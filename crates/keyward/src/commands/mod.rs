@@ -1,6 +1,7 @@
 //! One module per command; each turns parsed arguments into calls on the library crates.
 
 pub mod apis;
+pub mod gateway;
 pub mod keys;
 pub mod migrate;
 pub mod output;

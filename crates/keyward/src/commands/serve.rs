@@ -5,13 +5,20 @@ use crate::config::{redact_url, Config};
 use anyhow::Context as _;
 use keyward_core::service::Service;
 use keyward_core::SystemClock;
+use keyward_server::gateway::{Gateway, GatewayConfig};
 use keyward_server::{Application, Settings};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Builds the runtime the config asks for and serves on it.
-pub fn run(config: Config) -> anyhow::Result<ExitCode> {
-    runtime(config.workers)?.block_on(serve(config))
+/// Builds the runtime the config asks for and serves on it; with `gateway` (a gateway.toml),
+/// also runs the gateway in this process on its own listener.
+pub fn run(config: Config, gateway: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let gateway = match gateway {
+        Some(path) => Some(super::gateway::load(&path)?),
+        None => None,
+    };
+    runtime(config.workers)?.block_on(serve(config, gateway))
 }
 
 /// `--workers 1` is a current-thread runtime (no cross-thread hand-offs), so a benchmark can
@@ -31,10 +38,11 @@ pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-async fn serve(config: Config) -> anyhow::Result<ExitCode> {
-    ensure_data_dir(&config)?;
-    let peppers = load_peppers(&config)?;
-    let store = open_store(&config, true).await?;
+/// Opens the store and builds the domain service, as `serve` and `gateway` both need it.
+pub async fn open_service(config: &Config) -> anyhow::Result<Arc<Service>> {
+    ensure_data_dir(config)?;
+    let peppers = load_peppers(config)?;
+    let store = open_store(config, true).await?;
     tracing::info!(
         database = %redact_url(&config.database_url()),
         pepper_versions = ?peppers.versions(),
@@ -42,7 +50,19 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
         "store ready"
     );
 
-    let service = Arc::new(Service::new(store, Arc::new(SystemClock), peppers));
+    Ok(Arc::new(Service::new(
+        store,
+        Arc::new(SystemClock),
+        peppers,
+    )))
+}
+
+async fn serve(config: Config, gateway: Option<GatewayConfig>) -> anyhow::Result<ExitCode> {
+    let service = open_service(&config).await?;
+    let gateway = match gateway {
+        Some(gw) => Some(Gateway::build(gw, Arc::clone(&service)).await?),
+        None => None,
+    };
     let settings = Settings {
         listen: config.listen,
         body_limit: config.body_limit,
@@ -55,9 +75,31 @@ async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     // scripts and tests read the real address (with --listen …:0) from this line.
     eprintln!("keyward listening on http://{}", app.local_addr());
 
-    app.run_until(keyward_server::shutdown_signal())
+    let Some(gateway) = gateway else {
+        app.run_until(keyward_server::shutdown_signal())
+            .await
+            .context("server failed")?;
+        tracing::info!("stopped");
+        return Ok(ExitCode::SUCCESS);
+    };
+    eprintln!(
+        "keyward gateway listening on http://{}",
+        gateway.local_addr()
+    );
+    // One signal stops both listeners.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        keyward_server::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let gateway = tokio::spawn(gateway.run_until(until_stopped(stopped.clone())));
+    app.run_until(until_stopped(stopped))
         .await
         .context("server failed")?;
+    gateway.await.context("gateway failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

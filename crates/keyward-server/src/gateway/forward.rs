@@ -1,0 +1,412 @@
+//! Forwarding an admitted request: who the client is, where its key is, what the upstream
+//! sees (no credential, no spoofed identity, no hop-by-hop headers), and the tunnel for
+//! WebSocket upgrades.
+
+use super::config::{GatewayConfig, KeySource, Route, UpstreamProtocol};
+use super::{problem, Clients, GatewayBody, Problem};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use keyward_core::verify::VerifyResponse;
+use std::net::IpAddr;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_KEYWARD_KEY_ID: HeaderName = HeaderName::from_static("x-keyward-key-id");
+const X_KEYWARD_PROJECT_ID: HeaderName = HeaderName::from_static("x-keyward-project-id");
+const X_KEYWARD_EXTERNAL_ID: HeaderName = HeaderName::from_static("x-keyward-external-id");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The client's address: the socket peer, or — only when the peer is a trusted proxy — the
+/// right-most `X-Forwarded-For` hop that is not itself a trusted proxy. A hop that does not
+/// parse ends the walk at the last address a trusted proxy vouched for.
+pub fn client_ip(config: &GatewayConfig, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if config.trusted_proxies.is_empty() || !config.is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    // Several X-Forwarded-For headers form one list, in order.
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            break;
+        };
+        client = ip;
+        if !config.is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// The key from the first configured source that has one.
+pub fn extract_key(sources: &[KeySource], req: &Request<Incoming>) -> Option<String> {
+    sources.iter().find_map(|source| {
+        let found = match source {
+            KeySource::Header(name) => req.headers().get(name).and_then(|v| v.to_str().ok()),
+            KeySource::Bearer => req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token),
+            KeySource::Query(name) => req.uri().query().and_then(|q| query_param(q, name)),
+        };
+        found
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+    })
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// The raw value of `name` in a query string. Keys are `[A-Za-z0-9_]`, so a value that
+/// needs percent-decoding is not a key anyway (and will be MALFORMED).
+fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// The query string without any of the configured key parameters; `None` if none was there.
+fn strip_query(query: &str, sources: &[KeySource]) -> Option<String> {
+    let is_key = |pair: &str| {
+        let k = pair.split_once('=').map_or(pair, |(k, _)| k);
+        sources
+            .iter()
+            .any(|s| matches!(s, KeySource::Query(n) if n == k))
+    };
+    if !query.split('&').any(is_key) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
+    Some(kept.join("&"))
+}
+
+/// Whether this is a WebSocket handshake (HTTP/1.1 `Upgrade: websocket`).
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req
+            .headers()
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Removes the headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// including any the `Connection` header names; and, on requests, any `x-keyward-*` header
+/// (only the gateway may set those). One pass over the names in the common case.
+fn strip_headers(headers: &mut HeaderMap, request: bool) {
+    let needs_work = headers.keys().any(|n| {
+        n == CONNECTION
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == TE
+            || n == TRAILER
+            || n == TRANSFER_ENCODING
+            || n == UPGRADE
+            || (request && n == PROXY_AUTHORIZATION)
+            || (request && n.as_str().starts_with("x-keyward-"))
+    });
+    if !needs_work {
+        return;
+    }
+    let mut named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    if request {
+        // Security: identity headers come from the gateway alone.
+        named.extend(
+            headers
+                .keys()
+                .filter(|n| n.as_str().starts_with("x-keyward-"))
+                .cloned(),
+        );
+        named.push(PROXY_AUTHORIZATION);
+    }
+    for name in named.iter().chain(&[
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+    ]) {
+        headers.remove(name);
+    }
+}
+
+/// Sends the request to the route's upstream and streams the answer back. `identity` is
+/// `None` on public routes.
+pub async fn forward(
+    clients: &Clients,
+    config: &GatewayConfig,
+    route: &Route,
+    peer: IpAddr,
+    mut req: Request<Incoming>,
+    identity: Option<&VerifyResponse>,
+) -> Response<GatewayBody> {
+    let websocket = is_websocket(&req);
+    let upgrade = websocket.then(|| req.headers().get(UPGRADE).cloned());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+
+    let trusted_peer = !config.trusted_proxies.is_empty() && config.is_trusted(peer);
+    let headers = req.headers_mut();
+    strip_headers(headers, true);
+    // Security: the credential stops here, whichever source it came in.
+    for source in &config.key_from {
+        match source {
+            KeySource::Header(name) => {
+                headers.remove(name);
+            }
+            KeySource::Bearer => {
+                if headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| bearer_token(v).is_some())
+                {
+                    headers.remove(AUTHORIZATION);
+                }
+            }
+            KeySource::Query(_) => {}
+        }
+    }
+    if let Some(v) = identity {
+        set_id(headers, X_KEYWARD_KEY_ID, v.key_id.as_deref());
+        set_id(headers, X_KEYWARD_PROJECT_ID, v.project_id.as_deref());
+        set_id(headers, X_KEYWARD_EXTERNAL_ID, v.external_id.as_deref());
+    }
+    // Only a trusted proxy's X-Forwarded-For is kept (and extended); anyone else's is replaced.
+    let peer_value = HeaderValue::from(PeerIp(peer));
+    let forwarded_for = if trusted_peer {
+        let prior: Vec<&[u8]> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        if prior.is_empty() {
+            peer_value
+        } else {
+            let mut joined = prior.join(&b", "[..]);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(peer_value.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or(peer_value)
+        }
+    } else {
+        peer_value
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    if !(trusted_peer && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(Some(upgrade)) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, upgrade);
+    }
+
+    // The upstream URI: the route's scheme and authority, the request's path and query
+    // (without a query-string credential).
+    let path_and_query = {
+        let uri = req.uri();
+        let stripped = match uri.query() {
+            Some(q)
+                if config
+                    .key_from
+                    .iter()
+                    .any(|s| matches!(s, KeySource::Query(_))) =>
+            {
+                strip_query(q, &config.key_from).map(|q| {
+                    if q.is_empty() {
+                        uri.path().to_owned()
+                    } else {
+                        format!("{}?{q}", uri.path())
+                    }
+                })
+            }
+            _ => None,
+        };
+        match stripped {
+            Some(s) => PathAndQuery::try_from(s).ok(),
+            None => uri.path_and_query().cloned(),
+        }
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(route.upstream_scheme.clone());
+    parts.authority = Some(route.upstream_authority.clone());
+    parts.path_and_query = Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    let Ok(uri) = Uri::from_parts(parts) else {
+        return problem(Problem::BadGateway);
+    };
+    *req.uri_mut() = uri;
+
+    let client = match route.protocol {
+        UpstreamProtocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            &clients.http1
+        }
+        UpstreamProtocol::H2c => {
+            *req.version_mut() = Version::HTTP_2;
+            // HTTP/2 carries the authority in the request line; Host would be redundant.
+            req.headers_mut().remove(HOST);
+            &clients.h2c
+        }
+    };
+
+    let sent = tokio::time::timeout(config.upstream_timeout, client.request(req)).await;
+    let mut res = match sent {
+        Err(_) => return problem(Problem::GatewayTimeout),
+        Ok(Err(e)) => {
+            let timed_out = is_timeout(&e);
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), upstream = %route.upstream_authority, "gateway: upstream failed");
+            return problem(if timed_out {
+                Problem::GatewayTimeout
+            } else {
+                Problem::BadGateway
+            });
+        }
+        Ok(Ok(res)) => res,
+    };
+
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut res);
+            tokio::spawn(async move {
+                let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
+                match (client, upstream) {
+                    (Ok(client), Ok(upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    (c, u) => tracing::debug!(
+                        client = ?c.err(),
+                        upstream = ?u.err(),
+                        "gateway: upgrade failed"
+                    ),
+                }
+            });
+            let upgrade = res.headers().get(UPGRADE).cloned();
+            let (mut parts, _) = res.into_parts();
+            strip_headers(&mut parts.headers, false);
+            parts
+                .headers
+                .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(u) = upgrade {
+                parts.headers.insert(UPGRADE, u);
+            }
+            return Response::from_parts(parts, GatewayBody::empty());
+        }
+        // An upgrade nobody asked for cannot be relayed.
+        return problem(Problem::BadGateway);
+    }
+
+    let (mut parts, body) = res.into_parts();
+    strip_headers(&mut parts.headers, false);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, GatewayBody::Upstream(body))
+}
+
+fn set_id(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
+    if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+        headers.insert(name, v);
+    }
+}
+
+/// Formats an address into a header value without a `String` in between.
+struct PeerIp(IpAddr);
+
+impl From<PeerIp> for HeaderValue {
+    fn from(ip: PeerIp) -> Self {
+        use std::io::Write as _;
+        let mut buf = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "{}", ip.0.to_canonical());
+        let n = usize::try_from(cursor.position()).unwrap_or(0);
+        HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+}
+
+/// Whether an upstream failure was a timeout (connect timeout included), not a refusal.
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_need_the_bearer_scheme() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("abc"), None);
+    }
+
+    #[test]
+    fn query_credentials_are_found_and_stripped() {
+        let sources = [KeySource::Query("api_key".to_owned())];
+        assert_eq!(query_param("a=1&api_key=k&b=2", "api_key"), Some("k"));
+        assert_eq!(query_param("a=1", "api_key"), None);
+        assert_eq!(
+            strip_query("a=1&api_key=k&b=2", &sources).as_deref(),
+            Some("a=1&b=2")
+        );
+        assert_eq!(strip_query("api_key=k", &sources).as_deref(), Some(""));
+        assert_eq!(strip_query("a=1", &sources), None);
+    }
+
+    #[test]
+    fn hop_by_hop_and_spoofed_identity_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-keyward-key-id", HeaderValue::from_static("key_spoofed"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_headers(&mut h, true);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-keep"]);
+    }
+
+    #[test]
+    fn peer_ips_format_canonically() {
+        let v = HeaderValue::from(PeerIp("::ffff:10.0.0.1".parse().expect("ip")));
+        assert_eq!(v, "10.0.0.1");
+        let v = HeaderValue::from(PeerIp("2001:db8::1".parse().expect("ip")));
+        assert_eq!(v, "2001:db8::1");
+    }
+}
