@@ -141,6 +141,12 @@ impl Service {
         &self.cache
     }
 
+    /// The rate-limit and quota counters; fill the cache with
+    /// `cache().fill_cached(CachedKey::with_limits(record, limits()), epoch)` to enforce them.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.limits
+    }
+
     /// The current time at the millisecond precision the stores keep, so that what a create
     /// returns is exactly what a later read returns.
     fn now(&self) -> OffsetDateTime {
