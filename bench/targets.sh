@@ -4,6 +4,11 @@
 #   keyward-verify   `keyward serve --workers $SRV_N`, POST /v1/keys/verify {"key": …} with the
 #                    root key as bearer token; 1000 keys (of 100k in the store) in rotation.
 #                    Shaped like hello-post / verify, compared with hello-post.
+#   keyward-gw       `keyward gateway --workers $SRV_N` in front of the same `hello` upstream
+#                    (both pinned to the server core), key in x-api-key, every one of the
+#                    seeded keys limited to $BURST per $BURST/$RATE s (GCRA: $RATE/s, burst
+#                    $BURST); 1000 keys in rotation. Shaped like nginx-gw, compared with hello.
+#   keyward-gw-reject  the same gateway, all keys unknown -> 401 (like nginx-gw-reject).
 #
 # Knobs (env):
 #   KW_REPO        the keyward checkout to build (default: the repo holding this file)
@@ -14,6 +19,9 @@
 #                  that seeding does not wait on fsync)
 #   KW_SEED_KEYS   keys in the store (default: 100000)
 #   P_KW_VERIFY    port (default: 18120; run.sh's own ports are 18080-18110)
+#   KW_GW_DIR      per-round copy of the seeded data dir with the rate limits set, for the
+#                  gateway targets (default: /dev/shm/kw-bench-gw)
+#   P_KW_GW        gateway port (default: 18121)
 #
 # Security note: LOAD_AUTH (the root key) is exported for every target, so hello-post and
 # verify receive byte-for-byte the same requests as keyward-verify. The key never appears on a
@@ -25,8 +33,10 @@ KW_SEED_BIN="${KW_SEED_BIN:-$CARGO_TARGET_DIR/release/examples/bench_seed}"
 KW_SEED_DIR="${KW_SEED_DIR:-/dev/shm/kw-bench-seed}"
 KW_SEED_KEYS="${KW_SEED_KEYS:-100000}"
 P_KW_VERIFY="${P_KW_VERIFY:-18120}"
+KW_GW_DIR="${KW_GW_DIR:-/dev/shm/kw-bench-gw}"
+P_KW_GW="${P_KW_GW:-18121}"
 
-EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify"
+EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify keyward-gw keyward-gw-reject"
 
 kw_build() {
     log "keyward: cargo build --release -p keyward --bin keyward --example bench_seed (in $KW_REPO, target $CARGO_TARGET_DIR)"
@@ -73,6 +83,48 @@ start_extra_target() {
             launch keyward-verify env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
                 "$KW_BIN" serve --listen "127.0.0.1:$P_KW_VERIFY" --data-dir "$KW_SEED_DIR" --workers "$SRV_N"
             return 0 ;;
+        keyward-gw|keyward-gw-reject)
+            kw_gw_prepare || return 1
+            if [[ "$1" == keyward-gw ]]; then
+                DESC="keyward gateway --workers $SRV_N: x-api-key, $KW_SEED_KEYS keys limited $RATE/s burst $BURST -> hello"
+                KEYS_FILE="$KW_GW_DIR/load_keys.txt"; WANT=200; EXPECT=2xx
+                BAD_KEY="$(head -1 "$KW_GW_DIR/unknown_keys.txt")"; BAD_WANT=401
+            else
+                DESC="keyward gateway, all keys unknown -> 401 (reject path)"
+                KEYS_FILE="$KW_GW_DIR/unknown_keys.txt"; WANT=401; EXPECT=non-2xx; BAD_WANT=""
+            fi
+            BASE=hello; MODE=header; LPATH=/; PORT=$P_KW_GW
+            port_free "$P_KW_GW" || log "  WARNING: port $P_KW_GW is busy before $1"
+            start_hello_upstream
+            launch "$1" env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
+                "$KW_BIN" gateway --config "$KW_GW_DIR/gateway.toml" --data-dir "$KW_GW_DIR" --workers "$SRV_N"
+            return 0 ;;
         *) return 1 ;;
     esac
+}
+
+# A fresh copy of the seeded data dir for each gateway round (so no round inherits another's
+# counters), every key given the harness's per-key limit, and the gateway config beside it.
+kw_gw_prepare() {
+    local api_id period_ms
+    [[ -n "$KW_GW_DIR" && "$KW_GW_DIR" != / ]] || die "KW_GW_DIR is not set"
+    command -v sqlite3 >/dev/null || die "missing sqlite3 (apt-get install -y sqlite3)"
+    rm -rf -- "$KW_GW_DIR"
+    cp -a -- "$KW_SEED_DIR" "$KW_GW_DIR" || die "cannot copy $KW_SEED_DIR to $KW_GW_DIR"
+    # GCRA "limit per period" has burst = limit: limit $BURST per ($BURST / $RATE) s is
+    # $RATE/s with burst $BURST, the same as nginx's limit_req and the verify baseline.
+    period_ms=$(( BURST * 1000 / RATE ))
+    sqlite3 "$KW_GW_DIR/keyward.db" \
+        "UPDATE keys SET rate_limits = '[{\"name\":\"default\",\"limit\":$BURST,\"period\":\"${period_ms}ms\"}]';" \
+        || die "cannot set the rate limits in $KW_GW_DIR/keyward.db"
+    api_id="$(sqlite3 "$KW_GW_DIR/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")"
+    [[ "$api_id" == api_* ]] || die "no api in $KW_GW_DIR/keyward.db"
+    cat >"$KW_GW_DIR/gateway.toml" <<EOF_GW
+listen = "127.0.0.1:$P_KW_GW"
+api_id = "$api_id"
+key_from = ["header:x-api-key"]
+[[route]]
+path = "/**"
+upstream = "http://127.0.0.1:$P_HELLO"
+EOF_GW
 }

@@ -3,7 +3,7 @@
 //! WebSocket upgrades.
 
 use super::config::{GatewayConfig, KeySource, Route, UpstreamProtocol};
-use super::{problem, Clients, GatewayBody, Problem};
+use super::{problem, Clients, GatewayBody, Peer, Problem};
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
@@ -166,7 +166,7 @@ pub async fn forward(
     clients: &Clients,
     config: &GatewayConfig,
     route: &Route,
-    peer: IpAddr,
+    peer: &Peer,
     mut req: Request<Incoming>,
     identity: Option<&VerifyResponse>,
 ) -> Response<GatewayBody> {
@@ -174,7 +174,7 @@ pub async fn forward(
     let upgrade = websocket.then(|| req.headers().get(UPGRADE).cloned());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
-    let trusted_peer = !config.trusted_proxies.is_empty() && config.is_trusted(peer);
+    let trusted_peer = !config.trusted_proxies.is_empty() && config.is_trusted(peer.ip);
     let headers = req.headers_mut();
     strip_headers(headers, true);
     // Security: the credential stops here, whichever source it came in.
@@ -201,7 +201,7 @@ pub async fn forward(
         set_id(headers, X_KEYWARD_EXTERNAL_ID, v.external_id.as_deref());
     }
     // Only a trusted proxy's X-Forwarded-For is kept (and extended); anyone else's is replaced.
-    let peer_value = HeaderValue::from(PeerIp(peer));
+    let peer_value = peer.header.clone();
     let forwarded_for = if trusted_peer {
         let prior: Vec<&[u8]> = headers
             .get_all(&X_FORWARDED_FOR)
@@ -336,20 +336,6 @@ fn set_id(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
     }
 }
 
-/// Formats an address into a header value without a `String` in between.
-struct PeerIp(IpAddr);
-
-impl From<PeerIp> for HeaderValue {
-    fn from(ip: PeerIp) -> Self {
-        use std::io::Write as _;
-        let mut buf = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(cursor, "{}", ip.0.to_canonical());
-        let n = usize::try_from(cursor.position()).unwrap_or(0);
-        HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-    }
-}
-
 /// Whether an upstream failure was a timeout (connect timeout included), not a refusal.
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
@@ -400,13 +386,5 @@ mod tests {
         strip_headers(&mut h, true);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-keep"]);
-    }
-
-    #[test]
-    fn peer_ips_format_canonically() {
-        let v = HeaderValue::from(PeerIp("::ffff:10.0.0.1".parse().expect("ip")));
-        assert_eq!(v, "10.0.0.1");
-        let v = HeaderValue::from(PeerIp("2001:db8::1".parse().expect("ip")));
-        assert_eq!(v, "2001:db8::1");
     }
 }

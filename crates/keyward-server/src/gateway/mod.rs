@@ -212,9 +212,11 @@ impl Gateway {
                 tracing::trace!(error = %e, "could not set TCP_NODELAY");
             }
             let shared = Arc::clone(&self.shared);
+            let peer = Arc::new(Peer::new(peer.ip()));
             let service = hyper::service::service_fn(move |req| {
                 let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(handle(&shared, peer, req).await) }
+                let peer = Arc::clone(&peer);
+                async move { Ok::<_, Infallible>(handle(&shared, &peer, req).await) }
             });
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(tcp), service)
@@ -266,29 +268,29 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
     }
 }
 
-async fn handle(
-    shared: &Shared,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<GatewayBody> {
+async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Response<GatewayBody> {
     let state = shared.state.load_full();
     let config = &state.config;
     let Some(route) = config.route(req.method(), req.uri().path()) else {
         return problem(Problem::NoRoute);
     };
     if route.public {
-        return forward::forward(&state.clients, config, route, peer.ip(), req, None).await;
+        return forward::forward(&state.clients, config, route, peer, req, None).await;
     }
 
     let Some(key) = forward::extract_key(&config.key_from, &req) else {
         return unauthorized(&state);
     };
-    let client_ip = forward::client_ip(config, peer.ip(), req.headers());
+    // The socket peer's address was formatted once per connection.
+    let client_ip = match forward::client_ip(config, peer.ip, req.headers()) {
+        ip if ip == peer.ip => peer.text.clone(),
+        ip => ip_string(ip),
+    };
     let verify = VerifyRequest {
         key: KeyMaterial::new(key),
         api_id: Some(config.api_id.clone()),
         cost: Some(route.cost),
-        ip: Some(ip_string(client_ip)),
+        ip: Some(client_ip),
         origin: req
             .headers()
             .get(http::header::ORIGIN)
@@ -311,15 +313,7 @@ async fn handle(
     };
     match verdict.code {
         Code::Valid => {
-            forward::forward(
-                &state.clients,
-                config,
-                route,
-                peer.ip(),
-                req,
-                Some(&verdict),
-            )
-            .await
+            forward::forward(&state.clients, config, route, peer, req, Some(&verdict)).await
         }
         Code::Malformed | Code::NotFound | Code::Revoked | Code::Disabled | Code::Expired => {
             unauthorized(&state)
@@ -335,6 +329,22 @@ async fn handle(
 /// peers (dual-stack sockets) as plain IPv4.
 fn ip_string(ip: IpAddr) -> String {
     ip.to_canonical().to_string()
+}
+
+/// A connection's socket peer, formatted once for all of the connection's requests.
+pub(crate) struct Peer {
+    ip: IpAddr,
+    text: String,
+    header: HeaderValue,
+}
+
+impl Peer {
+    fn new(ip: IpAddr) -> Self {
+        let text = ip_string(ip);
+        let header =
+            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip, text, header }
+    }
 }
 
 /// The responses the gateway makes itself.
@@ -455,4 +465,18 @@ fn too_many(p: Problem, verdict: &VerifyResponse) -> Response<GatewayBody> {
         None => {}
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_formatted_canonically_once() {
+        let p = Peer::new("::ffff:10.0.0.1".parse().expect("ip"));
+        assert_eq!(p.text, "10.0.0.1");
+        assert_eq!(p.header, "10.0.0.1");
+        let p = Peer::new("2001:db8::1".parse().expect("ip"));
+        assert_eq!(p.header, "2001:db8::1");
+    }
 }
