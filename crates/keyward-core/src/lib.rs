@@ -16,6 +16,7 @@ pub mod records;
 pub mod secret;
 pub mod service;
 pub mod store;
+pub mod users;
 pub mod verify;
 
 pub use clock::{Clock, FakeClock, SystemClock};

@@ -16,9 +16,12 @@ use time::OffsetDateTime;
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The access log, usage counts and audit log are stored through the
-/// [`RecordStore`](crate::records::RecordStore) supertrait.
+/// [`RecordStore`](crate::records::RecordStore) supertrait; portal users, sessions and setup
+/// links through [`UserStore`](crate::users::UserStore).
 #[async_trait]
-pub trait Store: crate::records::RecordStore + Send + Sync + 'static {
+pub trait Store:
+    crate::records::RecordStore + crate::users::UserStore + Send + Sync + 'static
+{
     /// Cheap round trip used by `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
 

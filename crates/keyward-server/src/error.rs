@@ -208,6 +208,15 @@ pub async fn render_problems(req: Request, next: Next) -> Response {
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
     }
+    // Portal pages render their own errors as HTML.
+    let is_html = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_html {
+        return res;
+    }
     let problem = match res.extensions_mut().remove::<ApiError>() {
         Some(p) => p,
         None => ApiError::for_bare_status(status),

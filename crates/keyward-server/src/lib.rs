@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod openapi;
+pub mod portal;
 pub mod routes;
 pub mod usage;
 
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .merge(v1)
         .merge(routes::ops::router())
+        .merge(portal::router(Arc::clone(&state.service)))
         .fallback(route_not_found)
         .with_state(state);
     with_middleware(app, body_limit)

@@ -17,6 +17,7 @@ use keyward_core::model::{
 use keyward_core::{Store, StoreError};
 
 pub use crate::conformance_records::*;
+pub use crate::conformance_users::*;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -53,6 +54,9 @@ macro_rules! conformance_tests {
             get_api_unscoped_finds_a_live_api_in_any_workspace,
             record_usage_writes_counters_by_identity_and_never_an_older_use,
             unused_keys_of_retiring_apis_are_disabled_with_a_reason,
+            users_round_trip_and_emails_are_unique_per_workspace,
+            sessions_are_found_by_digest_touched_and_deleted,
+            a_setup_token_is_taken_once_and_never_after_it_expires,
         );
         #[tokio::test]
         async fn all_cases_pass_on_one_shared_store() {
@@ -91,7 +95,10 @@ pub async fn run_all(store: Arc<dyn Store>) {
     concurrent_audit_appends_never_fork_the_chain(store.clone()).await;
     get_api_unscoped_finds_a_live_api_in_any_workspace(store.clone()).await;
     record_usage_writes_counters_by_identity_and_never_an_older_use(store.clone()).await;
-    unused_keys_of_retiring_apis_are_disabled_with_a_reason(store).await;
+    unused_keys_of_retiring_apis_are_disabled_with_a_reason(store.clone()).await;
+    users_round_trip_and_emails_are_unique_per_workspace(store.clone()).await;
+    sessions_are_found_by_digest_touched_and_deleted(store.clone()).await;
+    a_setup_token_is_taken_once_and_never_after_it_expires(store).await;
 }
 
 // --- fixtures --------------------------------------------------------------------------

@@ -6,6 +6,7 @@
 
 pub mod conformance;
 mod conformance_records;
+mod conformance_users;
 mod error;
 mod migrations;
 mod postgres;
@@ -13,6 +14,7 @@ mod records;
 mod rows;
 mod sql;
 mod sqlite;
+mod users;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

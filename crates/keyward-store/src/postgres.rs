@@ -58,3 +58,4 @@ impl PgStore {
 
 sql::impl_store!(PgStore);
 crate::records::impl_record_store!(PgStore);
+crate::users::impl_user_store!(PgStore);

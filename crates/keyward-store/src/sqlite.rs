@@ -69,6 +69,7 @@ impl SqliteStore {
 
 sql::impl_store!(SqliteStore);
 crate::records::impl_record_store!(SqliteStore);
+crate::users::impl_user_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {

@@ -43,6 +43,9 @@ pub enum Command {
     /// Manage root keys (keys for keyward's own admin API) directly in the database.
     #[command(subcommand)]
     RootKeys(RootKeysCommand),
+    /// Manage portal users directly in the database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Manage apis over HTTP.
     #[command(after_help = HTTP_HELP)]
     Apis {
@@ -174,6 +177,31 @@ pub struct RootKeysCreateArgs {
     /// `*` for everything, or a comma-separated list such as `keys.read,keys.verify:api_…`.
     #[arg(long, value_name = "'*'|LIST")]
     pub permissions: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a portal user. Prints a one-time setup link (valid 24 hours) on stdout, or with
+    /// --password-stdin sets the password read from stdin and prints the user id.
+    #[command(after_help = ENV_HELP)]
+    CreateUser(AdminCreateUserArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminCreateUserArgs {
+    #[arg(long)]
+    pub email: String,
+    /// `operator` (everything in the workspace) or `developer` (own projects and keys).
+    #[arg(long, value_name = "operator|developer")]
+    pub role: String,
+    /// Workspace the user belongs to (created if missing).
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub workspace: String,
+    /// Read the password from stdin instead of printing a setup link.
+    #[arg(long)]
+    pub password_stdin: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }

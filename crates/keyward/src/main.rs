@@ -7,7 +7,7 @@ mod commands;
 mod config;
 
 use clap::Parser as _;
-use cli::{Cli, Command, LogFormat, RootKeysCommand, ServeArgs, StoreArgs};
+use cli::{AdminCommand, Cli, Command, LogFormat, RootKeysCommand, ServeArgs, StoreArgs};
 use config::Config;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -40,6 +40,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(store) => {
             let config = store_config(store, &env)?;
             block_on(commands::migrate::run(config))
+        }
+        Command::Admin(AdminCommand::CreateUser(args)) => {
+            let config = store_config(args.store.clone(), &env)?;
+            block_on(commands::admin::create_user(config, args))
         }
         Command::RootKeys(RootKeysCommand::Create(args)) => {
             let config = store_config(args.store.clone(), &env)?;

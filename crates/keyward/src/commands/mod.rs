@@ -1,5 +1,6 @@
 //! One module per command; each turns parsed arguments into calls on the library crates.
 
+pub mod admin;
 pub mod apis;
 pub mod gateway;
 pub mod keys;

@@ -67,13 +67,22 @@ async fn serve(config: Config, gateway: Option<GatewayConfig>) -> anyhow::Result
         listen: config.listen,
         body_limit: config.body_limit,
     };
-    let app = Application::build(settings, service)
+    let app = Application::build(settings, Arc::clone(&service))
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
 
     // Printed directly rather than logged, so it has the same shape in every log format:
     // scripts and tests read the real address (with --listen …:0) from this line.
     eprintln!("keyward listening on http://{}", app.local_addr());
+    if let Some(token) = keyward_server::portal::first_start_setup_token(&service)
+        .await
+        .context("cannot create the first-start setup link")?
+    {
+        eprintln!(
+            "no portal users yet: create the first operator at http://{}/setup/{token} (valid for 1 hour, works once)",
+            app.local_addr()
+        );
+    }
 
     let Some(gateway) = gateway else {
         app.run_until(keyward_server::shutdown_signal())
