@@ -9,7 +9,10 @@ use crate::model::{
     KeyFilter, KeyState, Listing, Meta, Page, Project, RateLimit, RootKey, RotateKeyRequest,
     UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyRequest,
 };
-use crate::records::{AuditRecord, Recorder, VerificationEvent};
+use crate::records::{
+    AuditEntry, AuditFilter, AuditRecord, Recorder, UsageQuery, UsageRow, VerificationEvent,
+    VerificationFilter,
+};
 use crate::secret::KeyMaterial;
 use crate::store::Store;
 use crate::verify::{CachedKey, CheckResult, Code, KeyCache, MissCache, VerifyResponse};
@@ -89,7 +92,7 @@ pub struct Service {
     /// When each api's unused keys were last retired (unix ms), for [`Service::retire_due_keys`].
     retired_at: DashMap<String, i64>,
     /// Where every verdict goes (the access log); `None` records nothing.
-    recorder: Option<Arc<dyn Recorder>>,
+    recorder: std::sync::OnceLock<Arc<dyn Recorder>>,
     /// Key lookups answered from memory (the key cache or the negative cache) …
     cache_hits: AtomicU64,
     /// … and those that went to the store.
@@ -109,16 +112,22 @@ impl Service {
             limits: crate::limits::Limits::new(),
             usage_writes: tokio::sync::Mutex::new(()),
             retired_at: DashMap::new(),
-            recorder: None,
+            recorder: std::sync::OnceLock::new(),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
         }
     }
 
     /// Sends every verdict of [`Service::verify`] to `recorder`.
-    pub fn with_recorder(mut self, recorder: Arc<dyn Recorder>) -> Self {
-        self.recorder = Some(recorder);
+    pub fn with_recorder(self, recorder: Arc<dyn Recorder>) -> Self {
+        self.set_recorder(recorder);
         self
+    }
+
+    /// Like [`Service::with_recorder`] on a shared service. Only the first recorder set is
+    /// kept; returns whether this one was.
+    pub fn set_recorder(&self, recorder: Arc<dyn Recorder>) -> bool {
+        self.recorder.set(recorder).is_ok()
     }
 
     /// `(hits, misses)` of key lookups since start: a hit was answered from memory.
@@ -1121,13 +1130,62 @@ impl Service {
 
 // --- records --------------------------------------------------------------------------
 
+/// Most buckets one usage query may span.
+const MAX_USAGE_BUCKETS: i64 = 20_000;
+
 /// Longest request attribute kept in the access log; longer ones are cut.
 const MAX_RECORDED_FIELD: usize = 512;
 
 impl Service {
+    /// The access log, newest first. Needs `usage.read` for the workspace, or for the api
+    /// the listing is filtered by.
+    pub async fn list_verifications(
+        &self,
+        actor: &Actor,
+        filter: VerificationFilter,
+        page: Page,
+    ) -> Result<Listing<VerificationEvent>, Error> {
+        actor.require("usage.read", filter.api_id.as_deref())?;
+        Ok(self
+            .store
+            .list_verifications(&actor.workspace_id, &filter, &page)
+            .await?)
+    }
+
+    /// Verification counts per bucket and code. Needs `usage.read` for the workspace, or for
+    /// the api the query is filtered by.
+    pub async fn usage(&self, actor: &Actor, query: UsageQuery) -> Result<Vec<UsageRow>, Error> {
+        actor.require("usage.read", query.api_id.as_deref())?;
+        if query.to <= query.from {
+            return Err(Error::invalid("to", "must be after from"));
+        }
+        let buckets = (query.to - query.from) / query.granularity.millis();
+        if buckets > MAX_USAGE_BUCKETS {
+            return Err(Error::invalid(
+                "granularity",
+                format!("the range holds more than {MAX_USAGE_BUCKETS} buckets; use a coarser granularity"),
+            ));
+        }
+        Ok(self.store.usage(&actor.workspace_id, &query).await?)
+    }
+
+    /// The audit log, newest first. Needs `audit.read`.
+    pub async fn list_audit(
+        &self,
+        actor: &Actor,
+        filter: AuditFilter,
+        page: Page,
+    ) -> Result<Listing<AuditEntry>, Error> {
+        actor.require("audit.read", None)?;
+        Ok(self
+            .store
+            .list_audit(&actor.workspace_id, &filter, &page)
+            .await?)
+    }
+
     /// Hands the verdict to the recorder. Never blocks and never fails.
     fn record(&self, actor: &Actor, req: &VerifyRequest, verdict: &VerifyResponse) {
-        let Some(recorder) = &self.recorder else {
+        let Some(recorder) = self.recorder.get() else {
             return;
         };
         recorder.record(VerificationEvent {

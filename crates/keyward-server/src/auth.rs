@@ -1,11 +1,13 @@
 //! Root-key authentication for admin routes: `Authorization: Bearer <root key>` → [`Actor`].
 
 use crate::error::ApiError;
+use crate::error::REQUEST_ID_HEADER;
 use crate::AppState;
-use axum::extract::FromRequestParts;
-use axum::http::header;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::{header, Method};
 use keyward_core::service::Actor;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The authenticated caller. Extracting it answers `401` for a missing, malformed, unknown
@@ -27,10 +29,24 @@ impl FromRequestParts<AppState> for Auth {
             .and_then(bearer_token)
             .ok_or_else(ApiError::unauthorized)?;
         // The service caches known root keys, so this is a map lookup on the hot path.
-        match state.service.authenticate(token).await? {
-            Some(actor) => Ok(Auth(actor)),
-            None => Err(ApiError::unauthorized()),
+        let Some(actor) = state.service.authenticate(token).await? else {
+            return Err(ApiError::unauthorized());
+        };
+        // Reads and verifies change nothing, so they skip the copy the audit log needs.
+        if parts.method == Method::GET || parts.uri.path() == "/v1/keys/verify" {
+            return Ok(Auth(actor));
         }
+        let mut actor = Actor::clone(&actor);
+        actor.request_id = parts
+            .headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        actor.ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
+        Ok(Auth(Arc::new(actor)))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod gateway;
 pub mod openapi;
 pub mod portal;
+pub mod records;
 pub mod routes;
 pub mod usage;
 
@@ -42,13 +43,17 @@ pub struct AppState {
     pub service: Arc<Service>,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// The access-log queue and the metrics.
+    pub records: Arc<records::Records>,
 }
 
 impl AppState {
+    /// State without a running access-log writer (for in-memory tests).
     pub fn new(service: Arc<Service>) -> Self {
         Self {
             service,
             body_limit: DEFAULT_BODY_LIMIT,
+            records: records::Records::new(records::RecordSettings::default()),
         }
     }
 }
@@ -60,6 +65,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Largest accepted request body, in bytes. Default 1 MiB.
     pub body_limit: usize,
+    /// The access log, usage counts and retention.
+    pub records: records::RecordSettings,
 }
 
 impl Default for Settings {
@@ -67,6 +74,7 @@ impl Default for Settings {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             body_limit: DEFAULT_BODY_LIMIT,
+            records: records::RecordSettings::default(),
         }
     }
 }
@@ -81,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::projects::router())
         .merge(routes::keys::router())
         .merge(routes::root_keys::router())
+        .merge(routes::records::router())
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
@@ -90,6 +99,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .merge(routes::ops::router())
         .merge(portal::router(Arc::clone(&state.service)))
+        .merge(routes::records::ops_router())
         .fallback(route_not_found)
         .with_state(state);
     with_middleware(app, body_limit)
@@ -198,6 +208,7 @@ pub struct Application {
     local_addr: SocketAddr,
     router: Router,
     service: Arc<Service>,
+    records: Arc<records::Records>,
 }
 
 impl Application {
@@ -205,15 +216,23 @@ impl Application {
     pub async fn build(settings: Settings, service: Arc<Service>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         let local_addr = listener.local_addr()?;
+        let records = records::Records::new(settings.records);
+        // Every verify through this service (the API's and an in-process gateway's) is
+        // recorded by this application's pipeline.
+        if !service.set_recorder(Arc::clone(&records) as Arc<dyn keyward_core::records::Recorder>) {
+            tracing::warn!("the service already has a recorder; this one stays unused");
+        }
         let state = AppState {
             service: Arc::clone(&service),
             body_limit: settings.body_limit,
+            records: Arc::clone(&records),
         };
         Ok(Self {
             listener,
             local_addr,
             router: router(state),
             service,
+            records,
         })
     }
 
@@ -237,10 +256,19 @@ impl Application {
         tracing::info!(addr = %self.local_addr, "listening");
         // Quota counters and last uses reach the store every second and once more at the end.
         let usage_tasks = usage::UsageTasks::spawn(Arc::clone(&self.service));
-        let served = axum::serve(listener, self.router)
+        let records_tasks = self.records.start(Arc::clone(&self.service));
+        // The peer address feeds the audit log's `ip`.
+        let app = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         usage_tasks.stop().await;
+        // No request is in flight any more: drain the access-log queue completely.
+        if let Some(tasks) = records_tasks {
+            tasks.stop().await;
+        }
         served
     }
 }

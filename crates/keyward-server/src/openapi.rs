@@ -2,6 +2,7 @@
 
 use crate::error::ProblemResponse;
 use crate::extract::ListResponse;
+use crate::routes::records::{UsageBucket, UsageResponse};
 use crate::routes::{self, ops::StatusResponse, CreatedKeyResponse, CreatedRootKeyResponse};
 use keyward_core::model::{
     Api, ApiPolicies, CreateApiRequest, CreateKeyRequest, CreateProjectRequest,
@@ -9,6 +10,7 @@ use keyward_core::model::{
     RootKey, RotateKeyRequest, UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest,
     UsageLimit, VerifyRequest,
 };
+use keyward_core::records::{AuditEntry, VerificationEvent};
 use keyward_core::verify::{CheckResult, Code, RateLimitState, UsageState, VerifyResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -40,6 +42,10 @@ use utoipa::{Modify, OpenApi};
         routes::ops::get_health,
         routes::ops::get_readiness,
         routes::ops::get_openapi,
+        routes::records::list_verifications,
+        routes::records::get_usage,
+        routes::records::list_audit_log,
+        routes::records::get_metrics,
     ),
     components(schemas(
         Api, ApiPolicies, CreateApiRequest, UpdateApiRequest,
@@ -50,6 +56,8 @@ use utoipa::{Modify, OpenApi};
         VerifyRequest, VerifyResponse, Code, CheckResult, RateLimitState, UsageState,
         ListResponse<Api>, ListResponse<Project>, ListResponse<Key>, ListResponse<RootKey>,
         ProblemResponse, StatusResponse,
+        VerificationEvent, AuditEntry, UsageResponse, UsageBucket,
+        ListResponse<VerificationEvent>, ListResponse<AuditEntry>,
     )),
     modifiers(&BearerRootKey),
     tags(
@@ -57,7 +65,8 @@ use utoipa::{Modify, OpenApi};
         (name = "projects", description = "Who calls"),
         (name = "keys", description = "Credentials, and the verify hot path"),
         (name = "root-keys", description = "Credentials for this admin API"),
-        (name = "operations", description = "Health, readiness, this document"),
+        (name = "records", description = "The access log, usage counts and the audit log"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
     ),
 )]
 pub struct ApiDoc;
@@ -105,6 +114,10 @@ mod tests {
             "/healthz",
             "/readyz",
             "/openapi.json",
+            "/v1/verifications",
+            "/v1/usage",
+            "/v1/audit-log",
+            "/metrics",
         ] {
             assert!(json["paths"][path].is_object(), "{path} missing");
         }

@@ -4,6 +4,7 @@ pub mod apis;
 pub mod keys;
 pub mod ops;
 pub mod projects;
+pub mod records;
 pub mod root_keys;
 
 use axum::http::{header, HeaderValue, StatusCode};

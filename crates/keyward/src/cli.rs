@@ -10,6 +10,8 @@ directory, or --config FILE), KEYWARD_* environment variables, flags.
 
 Environment: KEYWARD_LISTEN, KEYWARD_DATA_DIR, KEYWARD_DATABASE_URL (or
 KEYWARD_DATABASE_URL_FILE), KEYWARD_PEPPER_FILE, KEYWARD_LOG_FORMAT, KEYWARD_WORKERS,
+KEYWARD_ACCESS_LOG_RETENTION, KEYWARD_ROLLUP_RETENTION, KEYWARD_RECORD_VERIFICATIONS,
+KEYWARD_NODE_NAME,
 KEYWARD_LOG (log filter, e.g. \"info,keyward_server=debug\").";
 
 const HTTP_HELP: &str = "\
@@ -43,6 +45,9 @@ pub enum Command {
     /// Manage root keys (keys for keyward's own admin API) directly in the database.
     #[command(subcommand)]
     RootKeys(RootKeysCommand),
+    /// Check the audit log directly in the database.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage portal users directly in the database.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -106,6 +111,12 @@ pub struct ServeArgs {
     /// Worker threads [default: available cores]; 1 runs everything on one thread.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// How long access-log events are kept [default: 30d].
+    #[arg(long, value_name = "DURATION")]
+    pub access_log_retention: Option<String>,
+    /// How long usage counts are kept [default: 400d].
+    #[arg(long, value_name = "DURATION")]
+    pub rollup_retention: Option<String>,
     /// Also run the gateway described by this file (gateway.toml), on its own listener.
     #[arg(long, value_name = "FILE")]
     pub gateway: Option<PathBuf>,
@@ -157,6 +168,14 @@ impl GatewayArgs {
             ..ServeArgs::default()
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute every workspace's audit hash chain; exit 1 naming the first entry that was
+    /// altered, inserted or removed.
+    #[command(after_help = ENV_HELP)]
+    Verify(StoreArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,6 +2,7 @@
 
 use crate::cli::{LogFormat, ServeArgs};
 use anyhow::{bail, Context as _};
+use keyward_server::records::RecordSettings;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,6 +30,17 @@ struct FileConfig {
     workers: Option<u16>,
     /// Largest accepted request body, in bytes.
     body_limit: Option<usize>,
+    /// How long access-log events are kept, e.g. `"30d"`.
+    access_log_retention: Option<String>,
+    /// How long usage counts are kept, e.g. `"400d"`.
+    rollup_retention: Option<String>,
+    /// `false` stops writing the access log and usage counts (metrics still count); only
+    /// for measuring what recording costs.
+    record_verifications: Option<bool>,
+    /// Events the access-log queue holds before dropping new ones.
+    access_log_queue: Option<usize>,
+    /// This node's name in access-log events [default: the host name].
+    node_name: Option<String>,
 }
 
 /// Where the database URL came from, so it is only derived from the data dir when unset.
@@ -51,6 +63,8 @@ pub struct Config {
     /// Worker threads; 1 means a current-thread runtime.
     pub workers: usize,
     pub body_limit: usize,
+    /// The access log, usage counts and their retention.
+    pub records: RecordSettings,
 }
 
 impl Config {
@@ -77,6 +91,10 @@ impl Config {
         let mut log_filter = "info".to_owned();
         let mut workers = std::thread::available_parallelism().map_or(1, usize::from);
         let mut body_limit = keyward_server::DEFAULT_BODY_LIMIT;
+        let mut records = RecordSettings {
+            node: host_name(),
+            ..RecordSettings::default()
+        };
 
         // Layer 2: the file.
         if file.database_url.is_some() && file.database_url_file.is_some() {
@@ -111,6 +129,24 @@ impl Config {
         }
         if let Some(v) = file.body_limit {
             body_limit = v;
+        }
+        if let Some(v) = &file.access_log_retention {
+            records.access_log_retention = retention("access_log_retention", v)?;
+        }
+        if let Some(v) = &file.rollup_retention {
+            records.rollup_retention = retention("rollup_retention", v)?;
+        }
+        if let Some(v) = file.record_verifications {
+            records.enabled = v;
+        }
+        if let Some(v) = file.access_log_queue {
+            if v == 0 {
+                bail!("config: access_log_queue must be at least 1");
+            }
+            records.queue_capacity = v;
+        }
+        if let Some(v) = file.node_name {
+            records.node = v;
         }
 
         // Layer 3: the environment.
@@ -156,6 +192,23 @@ impl Config {
             };
         }
 
+        if let Some(v) = env("KEYWARD_ACCESS_LOG_RETENTION") {
+            records.access_log_retention = retention("KEYWARD_ACCESS_LOG_RETENTION", &v)?;
+        }
+        if let Some(v) = env("KEYWARD_ROLLUP_RETENTION") {
+            records.rollup_retention = retention("KEYWARD_ROLLUP_RETENTION", &v)?;
+        }
+        if let Some(v) = env("KEYWARD_RECORD_VERIFICATIONS") {
+            records.enabled = match v.trim() {
+                "true" => true,
+                "false" => false,
+                other => bail!("KEYWARD_RECORD_VERIFICATIONS: {other:?} is neither true nor false"),
+            };
+        }
+        if let Some(v) = env("KEYWARD_NODE_NAME") {
+            records.node = v.trim().to_owned();
+        }
+
         // Layer 4: flags.
         if let Some(v) = args.listen {
             listen = v;
@@ -172,6 +225,12 @@ impl Config {
         if let Some(v) = args.workers {
             workers = usize::from(v);
         }
+        if let Some(v) = &args.access_log_retention {
+            records.access_log_retention = retention("--access-log-retention", v)?;
+        }
+        if let Some(v) = &args.rollup_retention {
+            records.rollup_retention = retention("--rollup-retention", v)?;
+        }
 
         Ok(Self {
             listen,
@@ -182,6 +241,7 @@ impl Config {
             log_filter,
             workers,
             body_limit,
+            records,
         })
     }
 
@@ -213,6 +273,26 @@ impl Config {
     pub fn pepper_in_data_dir(&self) -> bool {
         self.pepper_file.is_none()
     }
+}
+
+/// A retention such as `"30d"`: positive.
+fn retention(what: &str, value: &str) -> anyhow::Result<std::time::Duration> {
+    let d = keyward_core::duration::parse(value.trim())
+        .map_err(|m| anyhow::anyhow!("{what}: {value:?}: {m}"))?;
+    match std::time::Duration::try_from(d) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => bail!("{what}: {value:?} must be positive"),
+    }
+}
+
+/// This machine's host name, the default node name in access-log events.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keyward".to_owned())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -335,6 +415,34 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(c.workers, 1);
         assert_eq!(c.log_format, LogFormat::Json, "untouched layers stay");
+    }
+
+    #[test]
+    fn retention_comes_from_every_layer_and_must_be_positive() {
+        let day = std::time::Duration::from_secs(86_400);
+        let c = load(&ServeArgs::default(), &[]).expect("defaults");
+        assert_eq!(c.records.access_log_retention, 30 * day);
+        assert_eq!(c.records.rollup_retention, 400 * day);
+        assert!(c.records.enabled);
+        let (_dir, mut args) = with_file(
+            "access_log_retention = \"7d\"\nrollup_retention = \"90d\"\nrecord_verifications = false\n",
+        );
+        let c = load(&args, &[]).expect("file");
+        assert_eq!(c.records.access_log_retention, 7 * day);
+        assert_eq!(c.records.rollup_retention, 90 * day);
+        assert!(!c.records.enabled);
+        let c = load(&args, &[("KEYWARD_ACCESS_LOG_RETENTION", "2d")]).expect("env");
+        assert_eq!(c.records.access_log_retention, 2 * day);
+        args.access_log_retention = Some("1d".into());
+        let c = load(&args, &[("KEYWARD_ACCESS_LOG_RETENTION", "2d")]).expect("flag");
+        assert_eq!(c.records.access_log_retention, day);
+        for bad in ["0s", "-1d", "soon"] {
+            let err = load(&args, &[("KEYWARD_ROLLUP_RETENTION", bad)]).expect_err(bad);
+            assert!(
+                format!("{err:#}").contains("KEYWARD_ROLLUP_RETENTION"),
+                "{err:#}"
+            );
+        }
     }
 
     #[test]

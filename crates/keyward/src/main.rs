@@ -7,7 +7,9 @@ mod commands;
 mod config;
 
 use clap::Parser as _;
-use cli::{AdminCommand, Cli, Command, LogFormat, RootKeysCommand, ServeArgs, StoreArgs};
+use cli::{
+    AdminCommand, AuditCommand, Cli, Command, LogFormat, RootKeysCommand, ServeArgs, StoreArgs,
+};
 use config::Config;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -44,6 +46,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin(AdminCommand::CreateUser(args)) => {
             let config = store_config(args.store.clone(), &env)?;
             block_on(commands::admin::create_user(config, args))
+        }
+        Command::Audit(AuditCommand::Verify(store)) => {
+            let config = store_config(store, &env)?;
+            block_on(commands::audit::verify(config))
         }
         Command::RootKeys(RootKeysCommand::Create(args)) => {
             let config = store_config(args.store.clone(), &env)?;
@@ -88,7 +94,9 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter:?}: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Escape codes only for a person watching; log files and pipes get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

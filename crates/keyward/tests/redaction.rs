@@ -247,6 +247,29 @@ async fn exercise(app: &TestApp, canary: &mut Canary) {
     .await
     .expect_problem(400, "unknown_field");
 
+    // Records: a caller that puts a key in the path's query string or the origin must not
+    // get it into the access log; wait until the log holds this test's verifications, so
+    // the database dump below covers the access log, usage counts and audit log.
+    let leaky = json!({
+        "key": keys[0].1,
+        "path": format!("/v1/orders?api_key={}", keys[1].1),
+        "method": "GET",
+    });
+    http.verify(&leaky).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = http.get("/v1/verifications?limit=1000").await.expect(200);
+        let n = log["items"].as_array().map_or(0, Vec::len);
+        if n >= 10 || std::time::Instant::now() > deadline {
+            assert!(n >= 10, "the access log holds the verifications: {log}");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = http.anonymous().get("/metrics").await;
+    assert_eq!(metrics.status.as_u16(), 200);
+    canary.listings.push(metrics.text);
+
     // Operations.
     http.get("/healthz").await.expect(200);
     http.get("/readyz").await.expect(200);
@@ -259,6 +282,9 @@ async fn exercise(app: &TestApp, canary: &mut Canary) {
         "/v1/keys?limit=1000",
         "/v1/keys?state=revoked",
         "/v1/root-keys",
+        "/v1/verifications?limit=1000",
+        "/v1/usage?granularity=minute",
+        "/v1/audit-log?limit=1000",
     ] {
         listing(&http, canary, path).await;
     }

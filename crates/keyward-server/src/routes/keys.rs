@@ -254,9 +254,11 @@ pub async fn verify_key(
     Query(q): Query<VerifyQuery>,
     Json(req): Json<VerifyRequest>,
 ) -> Result<JsonResponse<VerifyResponse>, ApiError> {
+    let started = std::time::Instant::now();
     let verdict = state
         .service
         .verify(&actor, &req, q.explain.unwrap_or(false))
         .await?;
+    state.records.metrics.observe_latency(started.elapsed());
     Ok(JsonResponse(StatusCode::OK, verdict))
 }

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod apis;
+pub mod audit;
 pub mod gateway;
 pub mod keys;
 pub mod migrate;

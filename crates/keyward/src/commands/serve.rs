@@ -66,6 +66,7 @@ async fn serve(config: Config, gateway: Option<GatewayConfig>) -> anyhow::Result
     let settings = Settings {
         listen: config.listen,
         body_limit: config.body_limit,
+        records: config.records.clone(),
     };
     let app = Application::build(settings, Arc::clone(&service))
         .await
