@@ -441,6 +441,37 @@ async fn a_valid_key_is_forwarded_without_its_credential_and_with_identity_heade
     let res = get(&env.client, &gw.url("/h2/x"), &[("x-api-key", &key)]).await;
     assert_eq!(res.status(), 200);
     assert_eq!(json_of(res).await["version"], "HTTP/2.0");
+
+    // Every decision is recorded like a verify: the server reads the gateway's access log
+    // from the shared database (the gateway writes it in batches, every second).
+    let res = get(&env.client, &gw.url("/admin/x"), &[("x-api-key", &key)]).await;
+    assert_eq!(res.status(), 403);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = env
+            .http
+            .get(&format!("/v1/verifications?key_id={key_id}"))
+            .await
+            .expect(200);
+        let items = log["items"].as_array().cloned().unwrap_or_default();
+        let codes: Vec<&str> = items.iter().filter_map(|e| e["code"].as_str()).collect();
+        if codes.len() >= 5 {
+            assert!(codes.contains(&"VALID"), "{log}");
+            assert!(codes.contains(&"INSUFFICIENT_PERMISSIONS"), "{log}");
+            let paths: Vec<&str> = items.iter().filter_map(|e| e["path"].as_str()).collect();
+            assert!(paths.contains(&"/orders/1"), "{log}");
+            assert!(
+                !log.to_string().contains(&key),
+                "no plaintext key in the log"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway decisions not recorded: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

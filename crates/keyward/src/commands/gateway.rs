@@ -4,7 +4,9 @@
 use super::serve::{open_service, runtime};
 use crate::config::Config;
 use anyhow::Context as _;
+use keyward_core::records::Recorder;
 use keyward_server::gateway::{Gateway, GatewayConfig};
+use keyward_server::records::Records;
 use keyward_server::usage::UsageTasks;
 use std::path::Path;
 use std::process::ExitCode;
@@ -36,7 +38,13 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<ExitCode> {
         let gateway = Gateway::build(gateway_config, Arc::clone(&service))
             .await
             .context("cannot start the gateway")?;
-        // Quotas and last uses charged here must reach the store, as in `serve`.
+        // Every decision goes to the access log, and quotas and last uses reach the store,
+        // exactly as in `serve`.
+        let records = Records::new(config.records.clone());
+        if !service.set_recorder(Arc::clone(&records) as Arc<dyn Recorder>) {
+            tracing::warn!("the service already has a recorder; this one stays unused");
+        }
+        let records_tasks = records.start(Arc::clone(&service));
         let usage = UsageTasks::spawn(service);
         // Printed directly, like serve's line: scripts and tests read the address from it.
         eprintln!(
@@ -45,6 +53,10 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<ExitCode> {
         );
         gateway.run_until(keyward_server::shutdown_signal()).await;
         usage.stop().await;
+        // No request is in flight any more: drain the access-log queue completely.
+        if let Some(tasks) = records_tasks {
+            tasks.stop().await;
+        }
         Ok(ExitCode::SUCCESS)
     })
 }
