@@ -6,9 +6,7 @@
 //! tower-http produce themselves (405, 413, panics, path rejections) into the same shape, so
 //! every error a client sees has one format.
 
-use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyward_core::error::Kind;
 use keyward_core::{Error, StoreError};
@@ -200,10 +198,15 @@ pub struct ProblemResponse {
     pub request_id: Option<String>,
 }
 
-/// Middleware: writes the problem+json body of every error response, with the request id.
-pub async fn render_problems(req: Request, next: Next) -> Response {
-    let request_id = req.headers().get(REQUEST_ID_HEADER).cloned();
-    let mut res = next.run(req).await;
+/// Response mapper: writes the problem+json body of every error response, with the request
+/// id (already on the response: this runs outside the request-id propagation layer).
+/// Synchronous, so successful responses — the verify hot path — pay one status check.
+pub fn render_problems<B>(res: http::Response<B>) -> Response
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    let mut res = res.map(axum::body::Body::new);
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return res;
@@ -227,8 +230,9 @@ pub async fn render_problems(req: Request, next: Next) -> Response {
         status: status.as_u16(),
         code: problem.code,
         detail: problem.detail.into_owned(),
-        request_id: request_id
-            .as_ref()
+        request_id: res
+            .headers()
+            .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
     };
