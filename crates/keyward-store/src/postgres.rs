@@ -57,5 +57,5 @@ impl PgStore {
 }
 
 sql::impl_store!(PgStore);
-crate::records::impl_record_store!(PgStore);
+crate::records::impl_record_store!(PgStore, anonymous_placeholders = false);
 crate::users::impl_user_store!(PgStore);

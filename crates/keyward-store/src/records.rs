@@ -22,7 +22,11 @@ const EVENT_COL_COUNT: usize = 12;
 const USAGE_COL_COUNT: usize = 8;
 
 /// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `cols` columns, then `suffix`.
-fn values_sql(head: &str, cols: usize, rows: usize, suffix: &str) -> String {
+///
+/// With `anonymous`, placeholders are `?` instead: SQLite looks a numbered parameter's name
+/// up by a linear scan on every bind (quadratic in a statement of thousands of parameters,
+/// which cost 75% of a batch write before), while anonymous ones bind in constant time.
+fn values_sql(head: &str, cols: usize, rows: usize, suffix: &str, anonymous: bool) -> String {
     let mut sql = String::with_capacity(head.len() + rows * cols * 5 + suffix.len());
     sql.push_str(head);
     for r in 0..rows {
@@ -31,7 +35,11 @@ fn values_sql(head: &str, cols: usize, rows: usize, suffix: &str) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(sql, "${}", r * cols + c + 1);
+            if anonymous {
+                sql.push('?');
+            } else {
+                let _ = write!(sql, "${}", r * cols + c + 1);
+            }
         }
         sql.push(')');
     }
@@ -46,44 +54,48 @@ fn chunk_index(rows: usize) -> usize {
         .unwrap_or(CHUNKS.len() - 1)
 }
 
+/// Multi-row statements per chunk size, numbered (`[0]`) and anonymous (`[1]`).
+type ChunkSql = OnceLock<[Vec<String>; 2]>;
+
+fn chunk_sql(
+    cache: &'static ChunkSql,
+    rows: usize,
+    anonymous: bool,
+    make: fn(usize, bool) -> String,
+) -> &'static str {
+    let all = cache
+        .get_or_init(|| [false, true].map(|anon| CHUNKS.iter().map(|&n| make(n, anon)).collect()));
+    &all[usize::from(anonymous)][chunk_index(rows)]
+}
+
 /// The insert for a chunk of `rows` events (one of [`CHUNKS`]).
-pub(crate) fn insert_events_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        CHUNKS
-            .iter()
-            .map(|&n| {
-                values_sql(
-                    &format!("INSERT INTO verifications ({EVENT_COLS})"),
-                    EVENT_COL_COUNT,
-                    n,
-                    "",
-                )
-            })
-            .collect()
-    });
-    &all[chunk_index(rows)]
+pub(crate) fn insert_events_sql(rows: usize, anonymous: bool) -> &'static str {
+    static SQL: ChunkSql = OnceLock::new();
+    chunk_sql(&SQL, rows, anonymous, |n, anon| {
+        values_sql(
+            &format!("INSERT INTO verifications ({EVENT_COLS})"),
+            EVENT_COL_COUNT,
+            n,
+            "",
+            anon,
+        )
+    })
 }
 
 /// The upsert for a chunk of `rows` usage counts (one of [`CHUNKS`]).
-pub(crate) fn upsert_usage_sql(rows: usize) -> &'static str {
-    static SQL: OnceLock<Vec<String>> = OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        CHUNKS
-            .iter()
-            .map(|&n| {
-                values_sql(
-                    "INSERT INTO usage_counts (workspace_id, granularity, bucket, api_id, \
-                     key_id, project_id, code, count)",
-                    USAGE_COL_COUNT,
-                    n,
-                    " ON CONFLICT (workspace_id, granularity, bucket, api_id, key_id, \
-                     project_id, code) DO UPDATE SET count = usage_counts.count + excluded.count",
-                )
-            })
-            .collect()
-    });
-    &all[chunk_index(rows)]
+pub(crate) fn upsert_usage_sql(rows: usize, anonymous: bool) -> &'static str {
+    static SQL: ChunkSql = OnceLock::new();
+    chunk_sql(&SQL, rows, anonymous, |n, anon| {
+        values_sql(
+            "INSERT INTO usage_counts (workspace_id, granularity, bucket, api_id, key_id, \
+             project_id, code, count)",
+            USAGE_COL_COUNT,
+            n,
+            " ON CONFLICT (workspace_id, granularity, bucket, api_id, key_id, project_id, \
+             code) DO UPDATE SET count = usage_counts.count + excluded.count",
+            anon,
+        )
+    })
 }
 
 /// Splits `items` into slices whose lengths are all in [`CHUNKS`].
@@ -315,9 +327,10 @@ impl From<AuditHeadRow> for AuditHead {
     }
 }
 
-/// Implements `keyward_core::records::RecordStore` for a type with a `pool` field.
+/// Implements `keyward_core::records::RecordStore` for a type with a `pool` field;
+/// `$anonymous` picks `?` placeholders for the batch statements (SQLite).
 macro_rules! impl_record_store {
-    ($store:ty) => {
+    ($store:ty, anonymous_placeholders = $anonymous:expr) => {
         #[async_trait::async_trait]
         impl keyward_core::records::RecordStore for $store {
             async fn insert_verifications(
@@ -346,7 +359,7 @@ macro_rules! impl_record_store {
                 }
                 let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
                 for chunk in r::chunks(events) {
-                    let mut q = sqlx::query(r::insert_events_sql(chunk.len()));
+                    let mut q = sqlx::query(r::insert_events_sql(chunk.len(), $anonymous));
                     for e in chunk {
                         q = q
                             .bind(&e.id)
@@ -365,7 +378,7 @@ macro_rules! impl_record_store {
                     q.execute(&mut *tx).await.map_err(map_sqlx)?;
                 }
                 for chunk in r::chunks(counts) {
-                    let mut q = sqlx::query(r::upsert_usage_sql(chunk.len()));
+                    let mut q = sqlx::query(r::upsert_usage_sql(chunk.len(), $anonymous));
                     for c in chunk {
                         q = q
                             .bind(&c.workspace_id)
@@ -635,6 +648,8 @@ mod tests {
         let sizes: Vec<usize> = chunks(&items).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [256, 32, 4, 4, 4, 1, 1, 1]);
         assert_eq!(sizes.iter().sum::<usize>(), 303);
-        assert!(insert_events_sql(4).ends_with("$45, $46, $47, $48)"));
+        assert!(insert_events_sql(4, false).ends_with("$45, $46, $47, $48)"));
+        assert!(insert_events_sql(4, true).ends_with("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+        assert_eq!(upsert_usage_sql(32, true).matches('?').count(), 32 * 8);
     }
 }
