@@ -46,7 +46,13 @@ impl SqliteStore {
             // An acknowledged create or revoke must survive a crash of the process or host.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // Access-log batches are multi-row statements inside a transaction, so SQLite keeps
+            // a statement journal for each: in memory, not in a temporary file on disk.
+            .pragma("temp_store", "memory")
+            // 16 MiB of page cache per connection (default 2 MiB): a batch touches the index
+            // pages of every key it names.
+            .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
