@@ -22,10 +22,11 @@
 use criterion::{black_box, BatchSize, Criterion};
 use keyward_core::digest::Peppers;
 use keyward_core::model::{
-    CreateApiRequest, CreateKeyRequest, CreateRootKeyRequest, VerifyRecord, VerifyRequest,
+    CreateApiRequest, CreateKeyRequest, CreateRootKeyRequest, RateLimit, Restrictions, UsageLimit,
+    VerifyRecord, VerifyRequest,
 };
 use keyward_core::service::{Actor, Service};
-use keyward_core::verify::{Code, VerifyResponse};
+use keyward_core::verify::{CachedKey, Code, VerifyResponse};
 use keyward_core::{keyfmt, KeyMaterial, Store, SystemClock};
 use keyward_store::{PgStore, SqliteStore};
 use rand::seq::SliceRandom as _;
@@ -211,6 +212,51 @@ impl Fixture {
         plaintexts
     }
 
+    /// Caches `n` more keys carrying two rate limits, a quota and restrictions, with their
+    /// limit counters attached as a cache fill from the store would; returns requests that
+    /// satisfy the restrictions.
+    fn fill_rule_keys(&self, n: usize) -> Vec<VerifyRequest> {
+        let cache = self.service.cache();
+        (0..n)
+            .map(|i| {
+                let key = keyfmt::generate("kw");
+                let mut record = self.template.clone();
+                record.key.id = format!("key_rules{i:020}");
+                record.key.identity_id = record.key.id.clone();
+                record.key.digest = self.peppers.digest(key.expose());
+                record.key.rate_limits = vec![
+                    RateLimit {
+                        name: "burst".into(),
+                        limit: 1_000_000_000,
+                        period: "1s".into(),
+                    },
+                    RateLimit {
+                        name: "hourly".into(),
+                        limit: 1_000_000_000,
+                        period: "1h".into(),
+                    },
+                ];
+                record.key.usage_limit = Some(UsageLimit {
+                    remaining: u64::MAX / 2,
+                    refill: None,
+                });
+                record.key.restrictions = Some(Restrictions {
+                    ips: Some(vec!["10.0.0.0/8".into(), "2001:db8::/32".into()]),
+                    paths: Some(vec!["/v1/orders/*".into()]),
+                    ..Restrictions::default()
+                });
+                let cached = CachedKey::with_limits(record, self.service.limits());
+                cache.fill_cached(cached, cache.epoch());
+                VerifyRequest {
+                    key,
+                    ip: Some("10.1.2.3".into()),
+                    path: Some("/v1/orders/42".into()),
+                    ..VerifyRequest::default()
+                }
+            })
+            .collect()
+    }
+
     /// Creates `n` keys through the service (so they are in the store, not the cache),
     /// eight at a time.
     async fn create_keys(&self, n: usize) -> Vec<KeyMaterial> {
@@ -333,6 +379,22 @@ fn bench_cached(
             });
         });
     }
+    // Issue 3's case: the same hot path on keys with two rate limits, a quota and IP and path
+    // restrictions (limits high enough that every call is admitted and charged). Compare with
+    // `hot` above, measured in the same run.
+    let with_rules = f.fill_rule_keys(HOT_KEYS);
+    assert_eq!(
+        f.verify(rt, &with_rules[0]).code,
+        Code::Valid,
+        "sanity check"
+    );
+    g.bench_function("hot_with_rules", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % with_rules.len();
+            black_box(f.verify(rt, &with_rules[i]))
+        });
+    });
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("unknown_first_seen_hits_sqlite", |b| {
         b.iter_batched(
