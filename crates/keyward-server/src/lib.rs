@@ -4,6 +4,7 @@
 //! [`Application`] binds a socket and serves it with graceful shutdown.
 
 pub mod auth;
+pub mod background;
 pub mod error;
 pub mod extract;
 pub mod gateway;
@@ -235,11 +236,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen).await?;
         let local_addr = listener.local_addr()?;
         let records = records::Records::new(settings.records);
-        // Every verify through this service (the API's and an in-process gateway's) is
-        // recorded by this application's pipeline.
-        if !service.set_recorder(Arc::clone(&records) as Arc<dyn keyward_core::records::Recorder>) {
-            tracing::warn!("the service already has a recorder; this one stays unused");
-        }
+        background::attach_recorder(&service, &records);
         let state = AppState {
             service: Arc::clone(&service),
             body_limit: settings.body_limit,
@@ -272,9 +269,8 @@ impl Application {
             }
         });
         tracing::info!(addr = %self.local_addr, "listening");
-        // Quota counters and last uses reach the store every second and once more at the end.
-        let usage_tasks = usage::UsageTasks::spawn(Arc::clone(&self.service));
-        let records_tasks = self.records.start(Arc::clone(&self.service));
+        // Quota counters, last uses and the access log reach the store every second.
+        let background = background::Background::start(&self.service, &self.records);
         // The peer address feeds the audit log's `ip`.
         let app = self
             .router
@@ -282,11 +278,8 @@ impl Application {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
-        usage_tasks.stop().await;
-        // No request is in flight any more: drain the access-log queue completely.
-        if let Some(tasks) = records_tasks {
-            tasks.stop().await;
-        }
+        // No request is in flight any more.
+        background.stop().await;
         served
     }
 }

@@ -4,10 +4,9 @@
 use super::serve::{open_service, runtime};
 use crate::config::Config;
 use anyhow::Context as _;
-use keyward_core::records::Recorder;
+use keyward_server::background::{attach_recorder, Background};
 use keyward_server::gateway::{Gateway, GatewayConfig};
 use keyward_server::records::Records;
-use keyward_server::usage::UsageTasks;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,22 +40,16 @@ pub fn run(config: Config, path: &Path) -> anyhow::Result<ExitCode> {
         // Every decision goes to the access log, and quotas and last uses reach the store,
         // exactly as in `serve`.
         let records = Records::new(config.records.clone());
-        if !service.set_recorder(Arc::clone(&records) as Arc<dyn Recorder>) {
-            tracing::warn!("the service already has a recorder; this one stays unused");
-        }
-        let records_tasks = records.start(Arc::clone(&service));
-        let usage = UsageTasks::spawn(service);
+        attach_recorder(&service, &records);
+        let background = Background::start(&service, &records);
         // Printed directly, like serve's line: scripts and tests read the address from it.
         eprintln!(
             "keyward gateway listening on http://{}",
             gateway.local_addr()
         );
         gateway.run_until(keyward_server::shutdown_signal()).await;
-        usage.stop().await;
-        // No request is in flight any more: drain the access-log queue completely.
-        if let Some(tasks) = records_tasks {
-            tasks.stop().await;
-        }
+        // No request is in flight any more.
+        background.stop().await;
         Ok(ExitCode::SUCCESS)
     })
 }
