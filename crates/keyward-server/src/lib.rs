@@ -156,9 +156,20 @@ fn make_span<B>(req: &Request<B>) -> tracing::Span {
     tracing::info_span!(
         "request",
         method = %req.method(),
-        path = %req.uri().path(),
+        path = %loggable_path(req.uri().path()),
         request_id,
     )
+}
+
+/// The path as it may appear in a log line. Security: a one-time setup link carries its
+/// token in the path (`/setup/<token>`); the token is replaced so that reading the logs never
+/// lets anyone claim the link first.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/setup/") {
+        "/setup/<redacted>"
+    } else {
+        path
+    }
 }
 
 /// One line per response: successes at DEBUG (verify is the hot path; a line per call at
@@ -321,6 +332,15 @@ mod tests {
     use axum::routing::get;
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
+
+    #[test]
+    fn setup_tokens_never_reach_the_request_log() {
+        assert_eq!(
+            super::loggable_path("/setup/0123456789abcdefSECRET"),
+            "/setup/<redacted>"
+        );
+        assert_eq!(super::loggable_path("/v1/keys/key_abc"), "/v1/keys/key_abc");
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_becomes_the_generic_500_problem() {
