@@ -3,6 +3,7 @@
 //! Nothing here knows about HTTP or SQL. The server and the stores depend on this crate,
 //! never the other way round.
 
+pub mod access_log;
 pub mod clock;
 pub mod digest;
 pub mod duration;

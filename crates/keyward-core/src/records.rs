@@ -1,14 +1,16 @@
 //! What keyward records: the access log (one event per verify), usage counts, and the
 //! hash-chained audit log of every change, with the storage trait they are kept through.
 
+use crate::access_log::{EventBatch, EventRef};
 use crate::clock::to_unix_ms;
 use crate::error::StoreError;
 use crate::model::{Listing, Page};
-use crate::verify::Code;
+use crate::verify::{Code, KeyDetails};
 use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -38,11 +40,56 @@ pub struct VerificationEvent {
     pub node: String,
 }
 
+/// One verdict on its way to the access log. Built on the hot path by sharing what the
+/// cached key and the caller already hold, so it copies no strings.
+#[derive(Debug, Clone)]
+pub struct AccessEvent {
+    pub time_ms: i64,
+    pub workspace_id: Arc<str>,
+    /// The key's details, for every verdict after NOT_FOUND.
+    pub key: Option<Arc<KeyDetails>>,
+    /// The api a key-less verdict was asked about (the request's `api_id`).
+    pub api_id: Option<Box<str>>,
+    pub code: Code,
+    /// The request attributes the caller passed, when it passed any.
+    pub attrs: Option<Box<RequestAttrs>>,
+}
+
+/// The request attributes of a verification, as given (cut to a bounded length).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestAttrs {
+    pub ip: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub origin: Option<String>,
+}
+
+impl AccessEvent {
+    /// The event as the access-log encoder reads it.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        let attrs = self.attrs.as_deref();
+        let attr = |f: fn(&RequestAttrs) -> &Option<String>| attrs.and_then(|a| f(a).as_deref());
+        EventRef {
+            time_ms: self.time_ms,
+            api_id: match &self.key {
+                Some(k) => Some(k.api_id.as_str()),
+                None => self.api_id.as_deref(),
+            },
+            key_id: self.key.as_deref().map(|k| k.key_id.as_str()),
+            project_id: self.key.as_deref().and_then(|k| k.project_id.as_deref()),
+            code: self.code,
+            ip: attr(|a| &a.ip),
+            method: attr(|a| &a.method),
+            path: attr(|a| &a.path),
+            origin: attr(|a| &a.origin),
+        }
+    }
+}
+
 /// Where [`crate::Service::verify`] hands each verdict. Must not block or fail: the hot path
 /// calls it once per verification.
 pub trait Recorder: Send + Sync + 'static {
-    /// `event.id` and `event.node` are empty; the recorder assigns them.
-    fn record(&self, event: VerificationEvent);
+    fn record(&self, event: AccessEvent);
 }
 
 /// Filters for listing the access log. All set filters must match.
@@ -129,36 +176,6 @@ pub struct UsageRow {
     pub bucket: i64,
     pub code: Code,
     pub count: u64,
-}
-
-const ID_ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-fn push_base62(out: &mut String, mut n: u64, width: usize) {
-    let mut digits = [b'0'; 16];
-    for slot in digits[..width].iter_mut().rev() {
-        *slot = ID_ALPHABET[(n % 62) as usize];
-        n /= 62;
-    }
-    out.extend(digits[..width].iter().map(|&b| b as char));
-}
-
-/// An access-log event id: `ver_` + 9 base62 digits of unix ms + 4 of the node's tag + 9 of
-/// a per-node sequence. Ids sort by time in byte order, and a node never repeats one.
-pub fn verification_id(unix_ms: i64, node_tag: u32, seq: u64) -> String {
-    let mut out = String::with_capacity(26);
-    out.push_str("ver_");
-    push_base62(&mut out, unix_ms.max(0) as u64, 9);
-    push_base62(&mut out, u64::from(node_tag) % 14_776_336, 4);
-    push_base62(&mut out, seq % 13_537_086_546_263_552, 9);
-    out
-}
-
-/// The smallest event id of `unix_ms`: every event before it has a smaller id.
-pub fn verification_id_floor(unix_ms: i64) -> String {
-    let mut out = String::with_capacity(13);
-    out.push_str("ver_");
-    push_base62(&mut out, unix_ms.max(0) as u64, 9);
-    out
 }
 
 // --- audit log ----------------------------------------------------------------------------
@@ -378,17 +395,20 @@ pub struct PoolStats {
 /// The records half of [`crate::Store`] (a supertrait of it).
 #[async_trait]
 pub trait RecordStore: Send + Sync + 'static {
-    /// Appends access-log events, all in one transaction.
-    async fn insert_verifications(&self, events: &[VerificationEvent]) -> StoreResult<()>;
+    /// Appends encoded access-log batches and adds each count to its bucket (creating it),
+    /// all in one transaction: what the access-log writer calls.
+    async fn record_batch(&self, batches: &[EventBatch], counts: &[UsageCount]) -> StoreResult<()>;
+    /// Appends access-log events (for tools and tests; ids are assigned by the store, and
+    /// usage is not counted).
+    async fn insert_verifications(&self, events: &[VerificationEvent]) -> StoreResult<()> {
+        self.record_batch(&crate::access_log::encode_events(events), &[])
+            .await
+    }
     /// Adds each count to its bucket (creating it), all in one transaction.
-    async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()>;
-    /// Both of the above in one transaction: what the access-log writer calls.
-    async fn record_batch(
-        &self,
-        events: &[VerificationEvent],
-        counts: &[UsageCount],
-    ) -> StoreResult<()>;
-    /// Newest first; `page.after` is the last id of the previous page.
+    async fn add_usage(&self, counts: &[UsageCount]) -> StoreResult<()> {
+        self.record_batch(&[], counts).await
+    }
+    /// Newest first, by event id; `page.after` is the last id of the previous page.
     async fn list_verifications(
         &self,
         workspace_id: &str,
@@ -493,17 +513,6 @@ mod tests {
         let mut b = a.clone();
         b.request_id = Some(String::new());
         assert_ne!(a.compute_hash(), b.compute_hash());
-    }
-
-    #[test]
-    fn event_ids_sort_by_time_then_sequence() {
-        let a = verification_id(1_700_000_000_000, 7, 5);
-        let b = verification_id(1_700_000_000_000, 7, 6);
-        let c = verification_id(1_700_000_000_001, 0, 0);
-        assert!(a < b && b < c, "{a} {b} {c}");
-        assert_eq!(a.len(), 26);
-        assert!(verification_id_floor(1_700_000_000_000) <= a);
-        assert!(verification_id_floor(1_700_000_000_001) > b);
     }
 
     #[test]

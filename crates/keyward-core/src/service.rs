@@ -10,8 +10,8 @@ use crate::model::{
     UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyRequest,
 };
 use crate::records::{
-    AuditEntry, AuditFilter, AuditRecord, Recorder, UsageQuery, UsageRow, VerificationEvent,
-    VerificationFilter,
+    AccessEvent, AuditEntry, AuditFilter, AuditRecord, Recorder, RequestAttrs, UsageQuery,
+    UsageRow, VerificationEvent, VerificationFilter,
 };
 use crate::secret::KeyMaterial;
 use crate::store::Store;
@@ -25,7 +25,8 @@ use time::OffsetDateTime;
 /// Who is acting: resolved from a root key (or, later, a portal user).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Actor {
-    pub workspace_id: String,
+    /// Shared, so each access-log event can carry it without a copy.
+    pub workspace_id: Arc<str>,
     /// `rk_…` for a root key, `usr_…` for a portal user, `cli` for direct database access.
     pub id: String,
     /// Root-key permission vocabulary (see [`perm::ROOT_PERMISSIONS`]); any of them may be
@@ -195,7 +196,7 @@ impl Service {
                 return Ok(None);
             }
             let actor = Arc::new(Actor {
-                workspace_id: root.workspace_id,
+                workspace_id: root.workspace_id.into(),
                 id: root.id,
                 permissions: root.permissions,
                 request_id: None,
@@ -227,7 +228,7 @@ impl Service {
             .ensure_workspace(workspace_name, &self.new_id("ws", now), now)
             .await?;
         let cli = Actor {
-            workspace_id: ws.id.clone(),
+            workspace_id: ws.id.as_str().into(),
             id: "cli".to_owned(),
             ..Actor::default()
         };
@@ -339,7 +340,7 @@ impl Service {
         }
         let api = Api {
             id: self.new_id("api", now),
-            workspace_id: actor.workspace_id.clone(),
+            workspace_id: actor.workspace_id.to_string(),
             name: req.name,
             prefix,
             permissions: req.permissions,
@@ -461,7 +462,7 @@ impl Service {
         let now = self.now();
         let project = Project {
             id: self.new_id("prj", now),
-            workspace_id: actor.workspace_id.clone(),
+            workspace_id: actor.workspace_id.to_string(),
             name: req.name,
             external_id: req.external_id,
             meta: req.meta,
@@ -594,7 +595,7 @@ impl Service {
         let material = keyfmt::generate(&api.prefix);
         let key = Key {
             id: self.new_id("key", now),
-            workspace_id: actor.workspace_id.clone(),
+            workspace_id: actor.workspace_id.to_string(),
             api_id: api.id.clone(),
             project_id: req.project_id,
             name: req.name,
@@ -961,7 +962,7 @@ impl Service {
         let key = &cached.record.key;
         // Security: keys of other workspaces, other apis or apis outside the caller's scope
         // are indistinguishable from unknown keys.
-        if key.workspace_id != actor.workspace_id
+        if *key.workspace_id != *actor.workspace_id
             || req.api_id.as_deref().is_some_and(|a| a != key.api_id)
             || !actor.allows("keys.verify", Some(&key.api_id))
         {
@@ -1090,7 +1091,7 @@ impl Service {
             .ok_or(Error::NotFound(Kind::Api))?;
         Ok(Actor {
             permissions: vec![format!("keys.verify:{}", api.id)],
-            workspace_id: api.workspace_id,
+            workspace_id: api.workspace_id.into(),
             id: "gateway".to_owned(),
             request_id: None,
             ip: None,
@@ -1188,24 +1189,31 @@ impl Service {
         let Some(recorder) = self.recorder.get() else {
             return;
         };
-        recorder.record(VerificationEvent {
-            id: String::new(),
-            time: self.now(),
-            workspace_id: actor.workspace_id.clone(),
-            api_id: verdict.api_id.clone().or_else(|| req.api_id.clone()),
-            key_id: verdict.key_id.clone(),
-            project_id: verdict.project_id.clone(),
+        let has_attrs =
+            req.ip.is_some() || req.method.is_some() || req.path.is_some() || req.origin.is_some();
+        let attrs = has_attrs.then(|| {
+            Box::new(RequestAttrs {
+                ip: recorded(req.ip.as_deref()),
+                method: recorded(req.method.as_deref()),
+                // Security: a query string may carry a credential (`?api_key=…`); keep the path.
+                path: recorded(
+                    req.path
+                        .as_deref()
+                        .map(|p| p.split('?').next().unwrap_or(p)),
+                ),
+                origin: recorded(req.origin.as_deref()),
+            })
+        });
+        recorder.record(AccessEvent {
+            time_ms: to_unix_ms(self.now()),
+            workspace_id: Arc::clone(&actor.workspace_id),
+            key: verdict.key.clone(),
+            api_id: match verdict.key {
+                Some(_) => None,
+                None => req.api_id.as_deref().map(Box::from),
+            },
             code: verdict.code,
-            ip: recorded(req.ip.as_deref()),
-            method: recorded(req.method.as_deref()),
-            // Security: a query string may carry a credential (`?api_key=…`); keep the path.
-            path: recorded(
-                req.path
-                    .as_deref()
-                    .map(|p| p.split('?').next().unwrap_or(p)),
-            ),
-            origin: recorded(req.origin.as_deref()),
-            node: String::new(),
+            attrs,
         });
     }
 
@@ -1222,7 +1230,7 @@ impl Service {
         let record = AuditRecord {
             id: self.new_id("aud", now),
             time: now,
-            workspace_id: actor.workspace_id.clone(),
+            workspace_id: actor.workspace_id.to_string(),
             actor: actor.id.clone(),
             action: action.to_owned(),
             target: target.to_owned(),

@@ -12,10 +12,9 @@
 //!
 //! Arguments: database URL, batch size (default 10000), seconds (default 10).
 
-use keyward_core::clock::to_unix_ms;
-use keyward_core::records::{verification_id, VerificationEvent};
+use keyward_core::access_log;
+use keyward_core::records::VerificationEvent;
 use keyward_core::verify::Code;
-use keyward_server::records::usage_counts;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -44,18 +43,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let keys: Vec<String> = (0..1000).map(|i| format!("key_bench{i:018}")).collect();
     let started = Instant::now();
-    let mut seq = 0u64;
     let mut written = 0u64;
     let mut flushes = 0u64;
     while started.elapsed() < Duration::from_secs(seconds) {
         let now = OffsetDateTime::now_utc();
         let events: Vec<VerificationEvent> = (0..batch)
             .map(|i| {
-                seq += 1;
                 let code = codes[i % codes.len()];
                 let key = (code != Code::NotFound).then(|| keys[i % keys.len()].clone());
                 VerificationEvent {
-                    id: verification_id(to_unix_ms(now), 7, seq),
+                    id: String::new(),
                     time: now,
                     workspace_id: ws.id.clone(),
                     api_id: Some("api_bench000000000000000".to_owned()),
@@ -70,14 +67,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
             .collect();
-        let counts = usage_counts(&events);
-        store.record_batch(&events, &counts).await?;
+        let mut counts = Vec::new();
+        let mut refs: Vec<_> = events.iter().map(VerificationEvent::as_ref).collect();
+        let encoded = access_log::encode(&ws.id, "bench", &mut refs, &mut counts);
+        store.record_batch(&[encoded], &counts).await?;
         written += events.len() as u64;
         flushes += 1;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{url_kind}: {written} events in {flushes} batches of {batch} in {secs:.1} s = {rate:.0} events/s (including building the batches)",
+        "{url_kind}: {written} events in {flushes} batches of {batch} in {secs:.1} s = {rate:.0} events/s (including building and encoding the batches)",
         url_kind = url.split(':').next().unwrap_or("?"),
         rate = written as f64 / secs
     );

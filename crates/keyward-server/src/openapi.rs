@@ -11,7 +11,7 @@ use keyward_core::model::{
     UsageLimit, VerifyRequest,
 };
 use keyward_core::records::{AuditEntry, VerificationEvent};
-use keyward_core::verify::{CheckResult, Code, RateLimitState, UsageState, VerifyResponse};
+use keyward_core::verify::{CheckResult, Code, RateLimitState, UsageState, VerifyResponseSchema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -53,7 +53,7 @@ use utoipa::{Modify, OpenApi};
         Key, KeyState, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKeyResponse,
         RateLimit, UsageLimit, Refill, RefillInterval, Restrictions,
         RootKey, CreateRootKeyRequest, CreatedRootKeyResponse,
-        VerifyRequest, VerifyResponse, Code, CheckResult, RateLimitState, UsageState,
+        VerifyRequest, VerifyResponseSchema, Code, CheckResult, RateLimitState, UsageState,
         ListResponse<Api>, ListResponse<Project>, ListResponse<Key>, ListResponse<RootKey>,
         ProblemResponse, StatusResponse,
         VerificationEvent, AuditEntry, UsageResponse, UsageBucket,

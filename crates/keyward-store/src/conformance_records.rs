@@ -2,20 +2,18 @@
 //! chain. Re-exported from [`crate::conformance`], where the case list lives.
 
 use super::conformance::{at, new_workspace, T0};
+use keyward_core::access_log::encode_events;
 use keyward_core::clock::to_unix_ms;
 use keyward_core::id::new_id;
 use keyward_core::model::Page;
 use keyward_core::records::{
-    verification_id, AuditFilter, AuditRecord, ChainVerifier, Granularity, UsageCount, UsageQuery,
-    UsageRow, VerificationEvent, VerificationFilter,
+    AuditFilter, AuditRecord, ChainVerifier, Granularity, UsageCount, UsageQuery, UsageRow,
+    VerificationEvent, VerificationFilter,
 };
 use keyward_core::verify::Code;
 use keyward_core::Store;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use time::OffsetDateTime;
-
-static SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn event(
     workspace_id: &str,
@@ -24,7 +22,7 @@ fn event(
     code: Code,
 ) -> VerificationEvent {
     VerificationEvent {
-        id: verification_id(to_unix_ms(time), 42, SEQ.fetch_add(1, Ordering::Relaxed)),
+        id: String::new(),
         time,
         workspace_id: workspace_id.to_owned(),
         api_id: Some("api_a".to_owned()),
@@ -88,9 +86,14 @@ pub async fn verifications_are_listed_newest_first_filtered_and_paged(store: Arc
         .expect("first page");
     assert_eq!(first.items.len(), 10);
     assert_eq!(
-        first.items[0], events[24],
+        VerificationEvent {
+            id: String::new(),
+            ..first.items[0].clone()
+        },
+        events[24],
         "newest first, every field round-trips"
     );
+    assert!(first.items[0].id.starts_with("ver_"));
     let mut seen = first.items.clone();
     let mut next = first.next;
     while let Some(after) = next {
@@ -133,6 +136,90 @@ pub async fn verifications_are_listed_newest_first_filtered_and_paged(store: Arc
     let times: Vec<_> = listed.items.iter().map(|e| e.time).collect();
     assert_eq!(times, [at(10000), at(5000)], "from inclusive, to exclusive");
     assert!(listed.items.iter().all(|e| e.key_id.is_none()));
+}
+
+/// 40 flushes of 1–3 events each; `key_rare` shows up in 3 of them, and another workspace's
+/// flushes are interleaved.
+pub async fn listings_page_across_many_batches_and_find_rare_keys(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let other = new_workspace(store.as_ref()).await;
+    let mut mine = Vec::new();
+    for flush in 0..40i64 {
+        let mut batch = Vec::new();
+        for i in 0..(flush % 3 + 1) {
+            let key = if flush % 13 == 5 && i == 0 {
+                "key_rare"
+            } else {
+                "key_common"
+            };
+            batch.push(event(&ws.id, at(flush * 1000 + i), Some(key), Code::Valid));
+        }
+        store.insert_verifications(&batch).await.expect("flush");
+        mine.extend(batch);
+        store
+            .insert_verifications(&[event(
+                &other.id,
+                at(flush * 1000),
+                Some("key_rare"),
+                Code::Valid,
+            )])
+            .await
+            .expect("other workspace");
+    }
+    let all = VerificationFilter::default();
+    let mut seen = Vec::new();
+    let mut next = None;
+    loop {
+        let listed = store
+            .list_verifications(&ws.id, &all, &page(7, next))
+            .await
+            .expect("page");
+        assert!(listed.items.len() <= 7);
+        seen.extend(listed.items);
+        next = listed.next;
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), mine.len(), "every event exactly once");
+    assert!(
+        seen.windows(2).all(|w| w[0].id > w[1].id),
+        "strictly newest first"
+    );
+    let times: Vec<_> = seen.iter().map(|e| e.time).collect();
+    let mut expected: Vec<_> = mine.iter().map(|e| e.time).collect();
+    expected.reverse();
+    assert_eq!(times, expected, "in time order, newest first");
+
+    let rare = VerificationFilter {
+        key_id: Some("key_rare".into()),
+        ..VerificationFilter::default()
+    };
+    let listed = store
+        .list_verifications(&ws.id, &rare, &page(2, None))
+        .await
+        .expect("rare key");
+    assert_eq!(listed.items.len(), 2);
+    let rest = store
+        .list_verifications(&ws.id, &rare, &page(2, listed.next))
+        .await
+        .expect("rare key, page 2");
+    assert_eq!(rest.items.len(), 1);
+    assert!(rest.next.is_none());
+    assert!(listed
+        .items
+        .iter()
+        .chain(&rest.items)
+        .all(|e| e.key_id.as_deref() == Some("key_rare") && e.workspace_id == ws.id));
+
+    let bogus = store
+        .list_verifications(&ws.id, &all, &page(5, Some("ver_not-a-cursor".into())))
+        .await
+        .expect("bogus cursor");
+    assert!(
+        bogus.items.is_empty(),
+        "a cursor that is no event id matches nothing"
+    );
 }
 
 pub async fn usage_counts_add_up_per_bucket_and_code(store: Arc<dyn Store>) {
@@ -200,11 +287,16 @@ pub async fn usage_counts_add_up_per_bucket_and_code(store: Arc<dyn Store>) {
 
 pub async fn records_older_than_their_retention_are_pruned(store: Arc<dyn Store>) {
     let ws = new_workspace(store.as_ref()).await;
+    // Two flushes a day apart: retention drops whole batches.
     let old = event(&ws.id, at(-86_400_000), Some("key_a"), Code::Valid);
     let new = event(&ws.id, at(0), Some("key_a"), Code::Valid);
     store
+        .insert_verifications(&[old])
+        .await
+        .expect("record old");
+    store
         .record_batch(
-            &[old, new.clone()],
+            &encode_events(std::slice::from_ref(&new)),
             &[
                 count(
                     &ws.id,
@@ -238,7 +330,8 @@ pub async fn records_older_than_their_retention_are_pruned(store: Arc<dyn Store>
         .list_verifications(&ws.id, &VerificationFilter::default(), &page(10, None))
         .await
         .expect("list");
-    assert_eq!(left.items, [new]);
+    assert_eq!(left.items.len(), 1);
+    assert_eq!(left.items[0].time, new.time);
     let day = Granularity::Day;
     let rows = store
         .usage(

@@ -1,12 +1,14 @@
 //! The records half of the store (access log, usage counts, audit chain), on both backends.
 //!
-//! Batches are written as multi-row statements of a few fixed sizes, so every statement text
-//! is prepared once per connection and reused, and a batch of thousands of events costs a
-//! handful of round trips in one transaction.
+//! The access log is stored as encoded batches (`keyward_core::access_log`): a flush is one
+//! row per workspace plus one term row per id and code it mentions. Usage counts and terms
+//! are written as multi-row statements of a few fixed sizes, so every statement text is
+//! prepared once per connection and reused.
 
+use keyward_core::access_log;
 use keyward_core::clock::{from_unix_ms, to_unix_ms};
 use keyward_core::records::{
-    parse_code, AuditEntry, AuditFilter, AuditHead, Granularity, UsageQuery, VerificationEvent,
+    AuditEntry, AuditFilter, AuditHead, Granularity, UsageQuery, VerificationEvent,
     VerificationFilter,
 };
 use keyward_core::StoreError;
@@ -16,9 +18,7 @@ use std::sync::OnceLock;
 /// Rows per multi-row statement, largest first; any batch splits into these.
 pub(crate) const CHUNKS: [usize; 4] = [256, 32, 4, 1];
 
-pub(crate) const EVENT_COLS: &str =
-    "id, workspace_id, time, api_id, key_id, project_id, code, ip, method, path, origin, node";
-const EVENT_COL_COUNT: usize = 12;
+const TERM_COL_COUNT: usize = 3;
 const USAGE_COL_COUNT: usize = 8;
 
 /// `INSERT … VALUES ($1, …), (…)` for `rows` rows of `cols` columns, then `suffix`.
@@ -68,19 +68,23 @@ fn chunk_sql(
     &all[usize::from(anonymous)][chunk_index(rows)]
 }
 
-/// The insert for a chunk of `rows` events (one of [`CHUNKS`]).
-pub(crate) fn insert_events_sql(rows: usize, anonymous: bool) -> &'static str {
+/// The insert for a chunk of `rows` batch terms (one of [`CHUNKS`]).
+pub(crate) fn insert_terms_sql(rows: usize, anonymous: bool) -> &'static str {
     static SQL: ChunkSql = OnceLock::new();
     chunk_sql(&SQL, rows, anonymous, |n, anon| {
         values_sql(
-            &format!("INSERT INTO verifications ({EVENT_COLS})"),
-            EVENT_COL_COUNT,
+            "INSERT INTO verification_terms (workspace_id, term, batch_id)",
+            TERM_COL_COUNT,
             n,
             "",
             anon,
         )
     })
 }
+
+pub(crate) const INSERT_BATCH: &str = "INSERT INTO verification_batches \
+     (workspace_id, first_time, last_time, events, node, data) \
+     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 
 /// The upsert for a chunk of `rows` usage counts (one of [`CHUNKS`]).
 pub(crate) fn upsert_usage_sql(rows: usize, anonymous: bool) -> &'static str {
@@ -121,39 +125,78 @@ pub(crate) enum Bind {
     Int(i64),
 }
 
-/// The access-log listing for this filter: `$1` workspace, `$2` the `id <` bound.
-pub(crate) fn list_verifications_sql(
-    filter: &VerificationFilter,
-    limit: i64,
-) -> (String, Vec<Bind>) {
-    let mut sql =
-        format!("SELECT {EVENT_COLS} FROM verifications WHERE workspace_id = $1 AND id < $2");
+/// Batches read per query while listing the access log.
+pub(crate) const BATCHES_PER_READ: i64 = 8;
+
+/// The term a filtered listing reads batches by: the most selective filter set.
+pub(crate) fn listing_term(filter: &VerificationFilter) -> Option<String> {
+    filter
+        .key_id
+        .clone()
+        .or_else(|| filter.project_id.clone())
+        .or_else(|| filter.code.map(|c| c.as_str().to_owned()))
+        .or_else(|| filter.api_id.clone())
+}
+
+/// The next batches (newest first) that may hold events for this filter: `$1` workspace,
+/// `$2` the highest batch id to read, then the term and the time bounds when set.
+pub(crate) fn batches_sql(filter: &VerificationFilter, term: bool) -> (String, Vec<Bind>) {
+    let mut sql = String::from("SELECT b.id, b.first_time, b.node, b.data FROM ");
     let mut binds = Vec::new();
-    let mut cond = |sql: &mut String, column: &str, op: &str, bind: Bind| {
-        binds.push(bind);
-        let _ = write!(sql, " AND {column} {op} ${}", binds.len() + 2);
-    };
-    if let Some(v) = &filter.api_id {
-        cond(&mut sql, "api_id", "=", Bind::Text(v.clone()));
+    if term {
+        sql.push_str(
+            "verification_terms t JOIN verification_batches b ON b.id = t.batch_id \
+             WHERE t.workspace_id = $1 AND t.batch_id <= $2 AND t.term = $3",
+        );
+    } else {
+        sql.push_str("verification_batches b WHERE b.workspace_id = $1 AND b.id <= $2");
     }
-    if let Some(v) = &filter.key_id {
-        cond(&mut sql, "key_id", "=", Bind::Text(v.clone()));
-    }
-    if let Some(v) = &filter.project_id {
-        cond(&mut sql, "project_id", "=", Bind::Text(v.clone()));
-    }
-    if let Some(v) = filter.code {
-        cond(&mut sql, "code", "=", Bind::Text(v.as_str().to_owned()));
-    }
+    let first = if term { 4 } else { 3 };
     if let Some(v) = filter.from {
-        cond(&mut sql, "time", ">=", Bind::Int(to_unix_ms(v)));
+        binds.push(Bind::Int(to_unix_ms(v)));
+        let _ = write!(sql, " AND b.last_time >= ${}", first + binds.len() - 1);
     }
     if let Some(v) = filter.to {
-        cond(&mut sql, "time", "<", Bind::Int(to_unix_ms(v)));
+        binds.push(Bind::Int(to_unix_ms(v)));
+        let _ = write!(sql, " AND b.first_time < ${}", first + binds.len() - 1);
     }
-    binds.push(Bind::Int(limit));
-    let _ = write!(sql, " ORDER BY id DESC LIMIT ${}", binds.len() + 2);
+    let order = if term { "t.batch_id" } else { "b.id" };
+    let _ = write!(sql, " ORDER BY {order} DESC LIMIT {BATCHES_PER_READ}");
     (sql, binds)
+}
+
+/// Whether a decoded event passes every filter.
+pub(crate) fn matches(e: &VerificationEvent, f: &VerificationFilter) -> bool {
+    let eq = |want: &Option<String>, have: &Option<String>| {
+        want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+    };
+    eq(&f.api_id, &e.api_id)
+        && eq(&f.key_id, &e.key_id)
+        && eq(&f.project_id, &e.project_id)
+        && f.code.is_none_or(|c| c == e.code)
+        && f.from.is_none_or(|t| e.time >= t)
+        && f.to.is_none_or(|t| e.time < t)
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct BatchRow {
+    pub(crate) id: i64,
+    pub(crate) first_time: i64,
+    pub(crate) node: String,
+    pub(crate) data: Vec<u8>,
+}
+
+impl BatchRow {
+    pub(crate) fn decode(&self, workspace_id: &str) -> Result<Vec<VerificationEvent>, StoreError> {
+        access_log::decode(
+            self.id,
+            workspace_id,
+            &self.node,
+            self.first_time,
+            &self.data,
+        )
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
 }
 
 /// The usage sum for this query: `$1` workspace, `$2` granularity, `$3`/`$4` the range.
@@ -219,49 +262,16 @@ pub(crate) const AUDIT_HEADS: &str = "SELECT workspace_id, seq, hash FROM audit_
      FROM audit_log a \
      WHERE NOT EXISTS (SELECT 1 FROM audit_heads h WHERE h.workspace_id = a.workspace_id) \
      ORDER BY 1";
-/// Deletes in slices so a big prune never holds SQLite's write lock for long.
-pub(crate) const PRUNE_VERIFICATIONS: &str = "DELETE FROM verifications WHERE id IN \
-     (SELECT id FROM verifications WHERE id < $1 LIMIT 10000)";
+/// The oldest batches wholly before the cut (`$1`), a slice at a time so a big prune never
+/// holds SQLite's write lock for long: their highest id and their events.
+pub(crate) const PRUNABLE_BATCHES: &str = "SELECT CAST(MAX(id) AS BIGINT) AS max_id, \
+     CAST(SUM(events) AS BIGINT) AS events FROM (SELECT id, events FROM verification_batches \
+     WHERE last_time < $1 ORDER BY id LIMIT 500) s";
+pub(crate) const PRUNE_TERMS: &str = "DELETE FROM verification_terms WHERE batch_id <= $2 \
+     AND batch_id IN (SELECT id FROM verification_batches WHERE id <= $2 AND last_time < $1)";
+pub(crate) const PRUNE_BATCHES: &str =
+    "DELETE FROM verification_batches WHERE id <= $2 AND last_time < $1";
 pub(crate) const PRUNE_USAGE: &str = "DELETE FROM usage_counts WHERE bucket < $1";
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct EventRow {
-    id: String,
-    workspace_id: String,
-    time: i64,
-    api_id: Option<String>,
-    key_id: Option<String>,
-    project_id: Option<String>,
-    code: String,
-    ip: Option<String>,
-    method: Option<String>,
-    path: Option<String>,
-    origin: Option<String>,
-    node: String,
-}
-
-impl TryFrom<EventRow> for VerificationEvent {
-    type Error = StoreError;
-
-    fn try_from(r: EventRow) -> Result<Self, StoreError> {
-        let code = parse_code(&r.code)
-            .ok_or_else(|| StoreError::Corrupt(format!("verification {}: unknown code", r.id)))?;
-        Ok(VerificationEvent {
-            id: r.id,
-            time: from_unix_ms(r.time),
-            workspace_id: r.workspace_id,
-            api_id: r.api_id,
-            key_id: r.key_id,
-            project_id: r.project_id,
-            code,
-            ip: r.ip,
-            method: r.method,
-            path: r.path,
-            origin: r.origin,
-            node: r.node,
-        })
-    }
-}
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct UsageSumRow {
@@ -333,49 +343,35 @@ macro_rules! impl_record_store {
     ($store:ty, anonymous_placeholders = $anonymous:expr) => {
         #[async_trait::async_trait]
         impl keyward_core::records::RecordStore for $store {
-            async fn insert_verifications(
-                &self,
-                events: &[keyward_core::records::VerificationEvent],
-            ) -> keyward_core::store::StoreResult<()> {
-                self.record_batch(events, &[]).await
-            }
-
-            async fn add_usage(
-                &self,
-                counts: &[keyward_core::records::UsageCount],
-            ) -> keyward_core::store::StoreResult<()> {
-                self.record_batch(&[], counts).await
-            }
-
             async fn record_batch(
                 &self,
-                events: &[keyward_core::records::VerificationEvent],
+                batches: &[keyward_core::access_log::EventBatch],
                 counts: &[keyward_core::records::UsageCount],
             ) -> keyward_core::store::StoreResult<()> {
                 use $crate::error::map_sqlx;
                 use $crate::records as r;
-                if events.is_empty() && counts.is_empty() {
+                if batches.is_empty() && counts.is_empty() {
                     return Ok(());
                 }
                 let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
-                for chunk in r::chunks(events) {
-                    let mut q = sqlx::query(r::insert_events_sql(chunk.len(), $anonymous));
-                    for e in chunk {
-                        q = q
-                            .bind(&e.id)
-                            .bind(&e.workspace_id)
-                            .bind(keyward_core::clock::to_unix_ms(e.time))
-                            .bind(&e.api_id)
-                            .bind(&e.key_id)
-                            .bind(&e.project_id)
-                            .bind(e.code.as_str())
-                            .bind(&e.ip)
-                            .bind(&e.method)
-                            .bind(&e.path)
-                            .bind(&e.origin)
-                            .bind(&e.node);
+                for b in batches {
+                    let (id,): (i64,) = sqlx::query_as(r::INSERT_BATCH)
+                        .bind(&b.workspace_id)
+                        .bind(b.first_ms)
+                        .bind(b.last_ms)
+                        .bind(i64::from(b.events))
+                        .bind(&b.node)
+                        .bind(&b.data)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_sqlx)?;
+                    for chunk in r::chunks(&b.terms) {
+                        let mut q = sqlx::query(r::insert_terms_sql(chunk.len(), $anonymous));
+                        for term in chunk {
+                            q = q.bind(&b.workspace_id).bind(term).bind(id);
+                        }
+                        q.execute(&mut *tx).await.map_err(map_sqlx)?;
                     }
-                    q.execute(&mut *tx).await.map_err(map_sqlx)?;
                 }
                 for chunk in r::chunks(counts) {
                     let mut q = sqlx::query(r::upsert_usage_sql(chunk.len(), $anonymous));
@@ -406,23 +402,61 @@ macro_rules! impl_record_store {
                 use $crate::error::map_sqlx;
                 use $crate::records as r;
                 let limit = $crate::rows::page_limit(page);
-                let (text, binds) = r::list_verifications_sql(filter, limit + 1);
-                // Every id sorts before `~`.
-                let after = page.after.as_deref().unwrap_or("~");
-                let mut q = sqlx::query_as::<_, r::EventRow>(&text)
-                    .bind(workspace_id)
-                    .bind(after);
-                for b in binds {
-                    q = match b {
-                        r::Bind::Text(v) => q.bind(v),
-                        r::Bind::Int(v) => q.bind(v),
-                    };
+                let wanted = usize::try_from(limit)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1);
+                // Events before this (batch, index), exclusive; a cursor that is not an event
+                // id matches nothing rather than everything.
+                let (mut batch_bound, mut index_bound) = match page.after.as_deref() {
+                    None => (i64::MAX, u32::MAX),
+                    Some(after) => {
+                        keyward_core::access_log::parse_event_id(after).unwrap_or((-1, 0))
+                    }
+                };
+                let term = r::listing_term(filter);
+                let (text, binds) = r::batches_sql(filter, term.is_some());
+                let mut items = Vec::new();
+                while batch_bound >= 0 && items.len() < wanted {
+                    let mut q = sqlx::query_as::<_, r::BatchRow>(&text)
+                        .bind(workspace_id)
+                        .bind(batch_bound);
+                    if let Some(term) = &term {
+                        q = q.bind(term);
+                    }
+                    for b in &binds {
+                        q = match b {
+                            r::Bind::Text(v) => q.bind(v),
+                            r::Bind::Int(v) => q.bind(*v),
+                        };
+                    }
+                    let rows = q.fetch_all(&self.pool).await.map_err(map_sqlx)?;
+                    for row in &rows {
+                        let events = row.decode(workspace_id)?;
+                        let end = if row.id == batch_bound {
+                            events.len().min(index_bound as usize)
+                        } else {
+                            events.len()
+                        };
+                        items.extend(
+                            events
+                                .into_iter()
+                                .take(end)
+                                .rev()
+                                .filter(|e| r::matches(e, filter))
+                                .take(wanted - items.len()),
+                        );
+                        if items.len() >= wanted {
+                            break;
+                        }
+                    }
+                    match rows.last() {
+                        Some(last) if rows.len() as i64 == r::BATCHES_PER_READ => {
+                            batch_bound = last.id - 1;
+                            index_bound = u32::MAX;
+                        }
+                        _ => break,
+                    }
                 }
-                let rows = q.fetch_all(&self.pool).await.map_err(map_sqlx)?;
-                let items = rows
-                    .into_iter()
-                    .map(keyward_core::records::VerificationEvent::try_from)
-                    .collect::<Result<Vec<_>, _>>()?;
                 Ok($crate::rows::listing(items, limit, |e| &e.id))
             }
 
@@ -468,20 +502,29 @@ macro_rules! impl_record_store {
             ) -> keyward_core::store::StoreResult<u64> {
                 use $crate::error::map_sqlx;
                 use $crate::records as r;
-                let floor = keyward_core::records::verification_id_floor(
-                    keyward_core::clock::to_unix_ms(events_before),
-                );
+                let cut = keyward_core::clock::to_unix_ms(events_before);
                 let mut total = 0;
                 loop {
-                    let done = sqlx::query(r::PRUNE_VERIFICATIONS)
-                        .bind(&floor)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(map_sqlx)?;
-                    total += done.rows_affected();
-                    if done.rows_affected() == 0 {
+                    let (max_id, events): (Option<i64>, Option<i64>) =
+                        sqlx::query_as(r::PRUNABLE_BATCHES)
+                            .bind(cut)
+                            .fetch_one(&self.pool)
+                            .await
+                            .map_err(map_sqlx)?;
+                    let Some(max_id) = max_id else {
                         break;
+                    };
+                    let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+                    for sql in [r::PRUNE_TERMS, r::PRUNE_BATCHES] {
+                        sqlx::query(sql)
+                            .bind(cut)
+                            .bind(max_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(map_sqlx)?;
                     }
+                    tx.commit().await.map_err(map_sqlx)?;
+                    total += u64::try_from(events.unwrap_or(0)).unwrap_or(0);
                 }
                 let done = sqlx::query(r::PRUNE_USAGE)
                     .bind(keyward_core::clock::to_unix_ms(usage_before))
@@ -648,8 +691,8 @@ mod tests {
         let sizes: Vec<usize> = chunks(&items).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, [256, 32, 4, 4, 4, 1, 1, 1]);
         assert_eq!(sizes.iter().sum::<usize>(), 303);
-        assert!(insert_events_sql(4, false).ends_with("$45, $46, $47, $48)"));
-        assert!(insert_events_sql(4, true).ends_with("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"));
+        assert!(insert_terms_sql(4, false).ends_with("($10, $11, $12)"));
+        assert!(insert_terms_sql(4, true).ends_with("(?, ?, ?), (?, ?, ?)"));
         assert_eq!(upsert_usage_sql(32, true).matches('?').count(), 32 * 8);
     }
 }

@@ -196,9 +196,9 @@ pub async fn forward(
         }
     }
     if let Some(v) = identity {
-        set_id(headers, X_KEYWARD_KEY_ID, v.key_id.as_deref());
-        set_id(headers, X_KEYWARD_PROJECT_ID, v.project_id.as_deref());
-        set_id(headers, X_KEYWARD_EXTERNAL_ID, v.external_id.as_deref());
+        set_id(headers, X_KEYWARD_KEY_ID, v.key_id());
+        set_id(headers, X_KEYWARD_PROJECT_ID, v.project_id());
+        set_id(headers, X_KEYWARD_EXTERNAL_ID, v.external_id());
     }
     // Only a trusted proxy's X-Forwarded-For is kept (and extended); anyone else's is replaced.
     let peer_value = peer.header.clone();

@@ -191,7 +191,7 @@ async fn audit(
     let record = AuditRecord {
         id: keyward_core::id::new_id("aud", keyward_core::clock::to_unix_ms(now)),
         time: now,
-        workspace_id: actor.workspace_id.clone(),
+        workspace_id: actor.workspace_id.to_string(),
         actor: actor.id.clone(),
         action: action.to_owned(),
         target: target.to_owned(),
@@ -416,7 +416,7 @@ async fn create_account(
         Err(e) => return Err(store_failed(e)),
     }
     let who = Actor {
-        workspace_id: user.workspace_id.clone(),
+        workspace_id: user.workspace_id.as_str().into(),
         id: user.id.clone(),
         ip: Some(client_ip(ext)),
         ..Actor::default()

@@ -151,7 +151,7 @@ impl Current {
                 .to_vec(),
         };
         Actor {
-            workspace_id: self.user.workspace_id.clone(),
+            workspace_id: self.user.workspace_id.as_str().into(),
             id: self.user.id.clone(),
             permissions,
             request_id: None,

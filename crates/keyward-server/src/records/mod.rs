@@ -1,5 +1,6 @@
 //! The access-log pipeline: verify hands each verdict to a bounded queue without waiting; a
-//! batch writer drains it into the store with usage counts; a pruner enforces retention.
+//! batch writer drains it into the store as encoded batches with usage counts; a pruner
+//! enforces retention.
 //!
 //! Policy under overload: when the queue is full the event is **dropped**, counted in
 //! `keyward_access_log_dropped_total` and logged (at most one line per 10 s). Verify never
@@ -12,18 +13,15 @@
 
 pub mod metrics;
 
-use keyward_core::clock::to_unix_ms;
-use keyward_core::records::{
-    verification_id, Granularity, Recorder, UsageCount, VerificationEvent,
-};
+use keyward_core::access_log::{self, EventBatch, EventRef, MAX_BATCH_EVENTS};
+use keyward_core::records::{AccessEvent, Recorder, UsageCount};
 use keyward_core::service::Service;
-use keyward_core::verify::Code;
 pub use metrics::Metrics;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How the records pipeline runs.
@@ -61,46 +59,54 @@ impl Default for RecordSettings {
     }
 }
 
-/// The pipeline's shared half: the queue's sending side (as a [`Recorder`]) and the metrics.
+/// The pipeline's shared half: the queue (as a [`Recorder`]) and the metrics.
+///
+/// The queue is a vector behind a mutex that the writer swaps out whole each flush: a push
+/// costs an uncontended lock and a move, cheaper than a channel send, and the writer takes
+/// a second's events in one step.
 pub struct Records {
     pub settings: RecordSettings,
     pub metrics: Arc<Metrics>,
-    sender: mpsc::Sender<VerificationEvent>,
-    receiver: Mutex<Option<mpsc::Receiver<VerificationEvent>>>,
-    node: Arc<str>,
-    node_tag: u32,
-    seq: AtomicU64,
+    queue: Mutex<Vec<AccessEvent>>,
+    started: AtomicBool,
     last_drop_log: AtomicI64,
 }
 
 impl Records {
     pub fn new(settings: RecordSettings) -> Arc<Self> {
-        let (sender, receiver) = mpsc::channel(settings.queue_capacity.max(1));
         Arc::new(Self {
-            node: settings.node.as_str().into(),
-            node_tag: rand_tag(),
             settings,
             metrics: Arc::new(Metrics::default()),
-            sender,
-            receiver: Mutex::new(Some(receiver)),
-            seq: AtomicU64::new(0),
+            queue: Mutex::new(Vec::new()),
+            started: AtomicBool::new(false),
             last_drop_log: AtomicI64::new(0),
         })
     }
 
     /// Events waiting to be written.
     pub fn queue_depth(&self) -> usize {
-        self.sender.max_capacity() - self.sender.capacity()
+        self.lock_queue().len()
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<AccessEvent>> {
+        // A panic elsewhere cannot leave a Vec half-pushed; keep recording.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes every queued event.
+    fn take_queued(&self) -> Vec<AccessEvent> {
+        std::mem::take(&mut *self.lock_queue())
     }
 
     /// Starts the writer and the pruner. `None` if they already run (or were stopped).
     pub fn start(self: &Arc<Self>, service: Arc<Service>) -> Option<RecordsTasks> {
-        let receiver = self.receiver.lock().ok()?.take()?;
+        if self.started.swap(true, Ordering::SeqCst) {
+            return None;
+        }
         let (stop, stopped) = watch::channel(false);
         let writer = tokio::spawn(write_loop(
             Arc::clone(self),
             Arc::clone(&service),
-            receiver,
             stopped.clone(),
         ));
         let pruner = tokio::spawn(prune_loop(Arc::clone(self), service, stopped));
@@ -113,20 +119,19 @@ impl Records {
 }
 
 impl Recorder for Records {
-    fn record(&self, mut event: VerificationEvent) {
+    fn record(&self, event: AccessEvent) {
         self.metrics.count_verification(event.code);
         if !self.settings.enabled {
             return;
         }
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        event.id = verification_id(to_unix_ms(event.time), self.node_tag, seq);
-        event.node = String::from(&*self.node);
-        if let Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) =
-            self.sender.try_send(event)
-        {
-            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
-            self.log_drop();
+        let mut queue = self.lock_queue();
+        if queue.len() < self.settings.queue_capacity {
+            queue.push(event);
+            return;
         }
+        drop(queue);
+        self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+        self.log_drop();
     }
 }
 
@@ -156,14 +161,6 @@ fn unix_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn rand_tag() -> u32 {
-    // Distinguishes nodes (and restarts) writing in the same millisecond; not a secret.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    nanos ^ std::process::id().rotate_left(16)
-}
-
 /// The running writer and pruner.
 pub struct RecordsTasks {
     stop: watch::Sender<bool>,
@@ -181,33 +178,23 @@ impl RecordsTasks {
     }
 }
 
-/// Every `flush_interval`, drains the queue in batches of at most `max_batch`. Sleeping
-/// between flushes (rather than waking per event) keeps the writer's CPU cost per event low.
+/// Every `flush_interval`, takes the queue and writes it. Sleeping between flushes (rather
+/// than waking per event) keeps the writer's CPU cost per event low.
 async fn write_loop(
     records: Arc<Records>,
     service: Arc<Service>,
-    mut receiver: mpsc::Receiver<VerificationEvent>,
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut ticks = tokio::time::interval(records.settings.flush_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::with_capacity(records.settings.max_batch);
     loop {
         let stopping = tokio::select! {
             _ = ticks.tick() => false,
             _ = stopped.changed() => true,
         };
-        loop {
-            while batch.len() < records.settings.max_batch {
-                match receiver.try_recv() {
-                    Ok(e) => batch.push(e),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-            write_batch(&records, &service, &mut batch, stopping).await;
+        let events = records.take_queued();
+        if !events.is_empty() {
+            write_events(&records, &service, events, stopping).await;
         }
         if stopping {
             tracing::debug!("access log drained");
@@ -216,32 +203,95 @@ async fn write_loop(
     }
 }
 
-/// Writes one batch, retrying until it is stored: events are never thrown away once queued
-/// (meanwhile the queue fills, and overflow is dropped and counted).
-async fn write_batch(
+/// Encodes `events` off the async workers (a second's worth takes milliseconds, which would
+/// otherwise stall the requests queued behind it) and writes them, `max_batch` at a time.
+async fn write_events(
     records: &Records,
     service: &Service,
-    batch: &mut Vec<VerificationEvent>,
+    events: Vec<AccessEvent>,
     stopping: bool,
 ) {
-    let counts = usage_counts(batch);
-    let oldest = batch.iter().map(|e| e.time).min();
+    let node = records.settings.node.clone();
+    let max_batch = records.settings.max_batch.clamp(1, MAX_BATCH_EVENTS);
+    let encoded = tokio::task::spawn_blocking(move || encode(&events, &node, max_batch)).await;
+    let Ok(writes) = encoded else {
+        // Encoding panicked: nothing can be written, and nothing may vanish silently.
+        tracing::error!("access-log encoding failed; events lost");
+        return;
+    };
+    for write in writes {
+        write_batch(records, service, &write, stopping).await;
+    }
+}
+
+/// What one store call writes: batches of at most `max_batch` events in all, with their
+/// usage counts.
+struct Write {
+    batches: Vec<EventBatch>,
+    counts: Vec<UsageCount>,
+    events: usize,
+    oldest_ms: i64,
+}
+
+/// Groups `events` by workspace (keeping their order) and encodes each group's slices of at
+/// most `max_batch` events.
+fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Vec<Write> {
+    let mut groups: HashMap<&str, Vec<EventRef<'_>>> = HashMap::new();
+    for e in events {
+        groups.entry(&e.workspace_id).or_default().push(e.as_ref());
+    }
+    let mut writes: Vec<Write> = Vec::new();
+    let mut current = Write {
+        batches: Vec::new(),
+        counts: Vec::new(),
+        events: 0,
+        oldest_ms: i64::MAX,
+    };
+    for (workspace_id, mut refs) in groups {
+        for slice in refs.chunks_mut(max_batch) {
+            if current.events > 0 && current.events + slice.len() > max_batch {
+                writes.push(std::mem::replace(
+                    &mut current,
+                    Write {
+                        batches: Vec::new(),
+                        counts: Vec::new(),
+                        events: 0,
+                        oldest_ms: i64::MAX,
+                    },
+                ));
+            }
+            let batch = access_log::encode(workspace_id, node, slice, &mut current.counts);
+            current.events += slice.len();
+            current.oldest_ms = current.oldest_ms.min(batch.first_ms);
+            current.batches.push(batch);
+        }
+    }
+    if current.events > 0 {
+        writes.push(current);
+    }
+    writes
+}
+
+/// Writes one batch, retrying until it is stored: events are never thrown away once queued
+/// (meanwhile the queue fills, and overflow is dropped and counted).
+async fn write_batch(records: &Records, service: &Service, write: &Write, stopping: bool) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        match service.store().record_batch(batch, &counts).await {
+        match service
+            .store()
+            .record_batch(&write.batches, &write.counts)
+            .await
+        {
             Ok(()) => {
                 let m = &records.metrics;
-                m.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                m.written.fetch_add(write.events as u64, Ordering::Relaxed);
                 m.flushes.fetch_add(1, Ordering::Relaxed);
                 m.last_flush_duration_us
                     .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                if let Some(oldest) = oldest {
-                    let lag = service.clock().now() - oldest;
-                    m.last_flush_lag_ms
-                        .store(lag.whole_milliseconds().max(0) as u64, Ordering::Relaxed);
-                }
-                batch.clear();
+                let now = keyward_core::clock::to_unix_ms(service.clock().now());
+                m.last_flush_lag_ms
+                    .store((now - write.oldest_ms).max(0) as u64, Ordering::Relaxed);
                 return;
             }
             Err(e) => {
@@ -249,15 +299,14 @@ async fn write_batch(
                     .metrics
                     .flush_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, events = batch.len(), "access-log write failed; retrying");
+                tracing::warn!(error = %e, events = write.events, "access-log write failed; retrying");
                 // On shutdown, give up after a few tries rather than hang forever.
                 if stopping && backoff > Duration::from_secs(5) {
-                    tracing::error!(events = batch.len(), "access-log events lost at shutdown");
+                    tracing::error!(events = write.events, "access-log events lost at shutdown");
                     records
                         .metrics
                         .dropped
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    batch.clear();
+                        .fetch_add(write.events as u64, Ordering::Relaxed);
                     return;
                 }
                 tokio::time::sleep(backoff).await;
@@ -265,50 +314,6 @@ async fn write_batch(
             }
         }
     }
-}
-
-/// Exact counts per (workspace, api, key, project, code) for each minute, hour and day the
-/// batch touches, aggregated in memory so each bucket is one upsert per batch.
-pub fn usage_counts(batch: &[VerificationEvent]) -> Vec<UsageCount> {
-    type K<'a> = (
-        &'a str,
-        Option<&'a str>,
-        Option<&'a str>,
-        Option<&'a str>,
-        Code,
-        Granularity,
-        i64,
-    );
-    let mut sums: HashMap<K<'_>, u64> = HashMap::new();
-    for e in batch {
-        let ms = to_unix_ms(e.time);
-        for g in Granularity::ALL {
-            let k = (
-                e.workspace_id.as_str(),
-                e.api_id.as_deref(),
-                e.key_id.as_deref(),
-                e.project_id.as_deref(),
-                e.code,
-                g,
-                g.bucket(ms),
-            );
-            *sums.entry(k).or_default() += 1;
-        }
-    }
-    sums.into_iter()
-        .map(
-            |((ws, api, key, project, code, granularity, bucket), count)| UsageCount {
-                workspace_id: ws.to_owned(),
-                api_id: api.map(str::to_owned),
-                key_id: key.map(str::to_owned),
-                project_id: project.map(str::to_owned),
-                code,
-                granularity,
-                bucket,
-                count,
-            },
-        )
-        .collect()
 }
 
 /// Deletes access-log events older than `access_log_retention` and usage buckets older
@@ -351,47 +356,44 @@ async fn prune_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
+    use keyward_core::verify::Code;
 
-    fn event(key: Option<&str>, code: Code, at: time::OffsetDateTime) -> VerificationEvent {
-        VerificationEvent {
-            id: String::new(),
-            time: at,
-            workspace_id: "ws_1".into(),
+    fn event(workspace: &str, code: Code, time_ms: i64) -> AccessEvent {
+        AccessEvent {
+            time_ms,
+            workspace_id: workspace.into(),
+            key: None,
             api_id: Some("api_1".into()),
-            key_id: key.map(str::to_owned),
-            project_id: None,
             code,
-            ip: None,
-            method: None,
-            path: None,
-            origin: None,
-            node: String::new(),
+            attrs: None,
         }
     }
 
     #[test]
-    fn a_batch_becomes_one_count_per_bucket_and_outcome() {
-        let t = datetime!(2024-05-01 10:00:30 UTC);
-        let batch = vec![
-            event(Some("key_a"), Code::Valid, t),
-            event(Some("key_a"), Code::Valid, t + time::Duration::seconds(10)),
-            event(Some("key_a"), Code::Valid, t + time::Duration::minutes(1)),
-            event(None, Code::NotFound, t),
-        ];
-        let counts = usage_counts(&batch);
-        let get = |g: Granularity, key: Option<&str>, code: Code| -> Vec<u64> {
-            let mut v: Vec<_> = counts
-                .iter()
-                .filter(|c| c.granularity == g && c.key_id.as_deref() == key && c.code == code)
-                .map(|c| c.count)
-                .collect();
-            v.sort_unstable();
-            v
-        };
-        assert_eq!(get(Granularity::Minute, Some("key_a"), Code::Valid), [1, 2]);
-        assert_eq!(get(Granularity::Hour, Some("key_a"), Code::Valid), [3]);
-        assert_eq!(get(Granularity::Day, None, Code::NotFound), [1]);
+    fn a_flush_splits_by_workspace_and_max_batch_and_counts_every_event() {
+        let t = 1_700_000_000_000;
+        let mut events = Vec::new();
+        for i in 0..25 {
+            events.push(event(
+                if i % 5 == 0 { "ws_b" } else { "ws_a" },
+                Code::NotFound,
+                t + i,
+            ));
+        }
+        let writes = encode(&events, "node-1", 10);
+        let sizes: Vec<usize> = writes.iter().map(|w| w.events).collect();
+        assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), 25);
+        let batches: Vec<&EventBatch> = writes.iter().flat_map(|w| &w.batches).collect();
+        assert_eq!(batches.iter().map(|b| b.events).sum::<u32>(), 25);
+        assert!(batches.iter().all(|b| b.node == "node-1"));
+        let minute_total: u64 = writes
+            .iter()
+            .flat_map(|w| &w.counts)
+            .filter(|c| c.granularity == keyward_core::records::Granularity::Minute)
+            .map(|c| c.count)
+            .sum();
+        assert_eq!(minute_total, 25, "usage counts cover every event once");
     }
 
     #[tokio::test]
@@ -400,9 +402,8 @@ mod tests {
             queue_capacity: 2,
             ..RecordSettings::default()
         });
-        let t = datetime!(2024-05-01 10:00:30 UTC);
         for _ in 0..5 {
-            records.record(event(None, Code::NotFound, t));
+            records.record(event("ws_1", Code::NotFound, 0));
         }
         assert_eq!(records.queue_depth(), 2);
         assert_eq!(records.metrics.dropped.load(Ordering::Relaxed), 3);

@@ -13,7 +13,7 @@ use axum::Router;
 use keyward_core::model::{
     CreateKeyRequest, Key, KeyFilter, KeyState, RotateKeyRequest, UpdateKeyRequest, VerifyRequest,
 };
-use keyward_core::verify::VerifyResponse;
+use keyward_core::verify::{VerifyResponse, VerifyResponseSchema};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -241,7 +241,7 @@ pub struct VerifyQuery {
     params(VerifyQuery),
     request_body = VerifyRequest,
     responses(
-        (status = 200, description = "The verdict; `code` says why", body = VerifyResponse),
+        (status = 200, description = "The verdict; `code` says why", body = VerifyResponseSchema),
         (status = 400, description = "Malformed call, e.g. `invalid_permission_expression`", body = ProblemResponse, content_type = "application/problem+json"),
         (status = 401, description = "No valid root key", body = ProblemResponse, content_type = "application/problem+json"),
         (status = 403, description = "Missing `keys.verify`", body = ProblemResponse, content_type = "application/problem+json"),
