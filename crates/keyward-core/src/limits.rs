@@ -29,6 +29,7 @@ use crate::duration;
 use crate::model::{QuotaUpdate, Refill, RefillInterval, UsageBatch, UseUpdate, VerifyRecord};
 use crate::verify::{CheckResult, Code, RateLimitState, UsageState};
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -258,7 +259,7 @@ impl Limits {
                     .value(),
             );
             limits.push(LimitSlot {
-                name: l.name.clone(),
+                name: l.name.as_str().into(),
                 period: l.period.clone(),
                 project: project.is_some(),
                 gcra: Gcra::new(l.limit, period),
@@ -398,7 +399,8 @@ impl Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LimitSlot {
-    name: String,
+    /// Shared with every response that reports this limit.
+    name: Arc<str>,
     period: String,
     project: bool,
     gcra: Gcra,
@@ -496,7 +498,9 @@ impl KeyRules {
         };
         let now_ns = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         let now_ms = to_unix_ms(now);
-        let mut guards: Vec<MutexGuard<'_, State>> = self.locks.iter().map(|c| c.lock()).collect();
+        // Inline for up to four cells (two limits, a project limit and a quota): no allocation.
+        let mut guards: SmallVec<[MutexGuard<'_, State>; 4]> =
+            self.locks.iter().map(|c| c.lock()).collect();
 
         let tat_of = |state: &State| match state {
             State::Rate { tat } => *tat,
@@ -547,7 +551,7 @@ impl KeyRules {
             let tat = tat_of(&guards[slot.lock]);
             let denied_here = rate_denied.is_some_and(|(d, _)| d == i);
             out.rate_limits.push(RateLimitState {
-                name: slot.name.clone(),
+                name: Arc::clone(&slot.name),
                 limit: slot.gcra.limit,
                 remaining: if denied_here {
                     0

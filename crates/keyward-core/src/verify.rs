@@ -69,7 +69,8 @@ pub struct UsageState {
 /// One rate limit's state after this call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RateLimitState {
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: Arc<str>,
     pub limit: u64,
     pub remaining: u64,
     #[serde(with = "time::serde::rfc3339")]
