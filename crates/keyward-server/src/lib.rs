@@ -12,11 +12,11 @@ pub mod openapi;
 pub mod portal;
 pub mod records;
 pub mod routes;
+mod serve;
 pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Request};
-use axum::serve::ListenerExt as _;
 use axum::Router;
 use error::{ApiError, REQUEST_ID_HEADER};
 use keyward_core::service::Service;
@@ -273,25 +273,24 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = self.listener.tap_io(|tcp| {
-            // Small request/response pairs: do not wait for Nagle.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::trace!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
         tracing::info!(addr = %self.local_addr, "listening");
         // Quota counters, last uses and the access log reach the store every second.
         let background = background::Background::start(&self.service, &self.records);
-        // The peer address feeds the audit log's `ip`.
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let router = self.router;
+        // No grace limit: like `axum::serve`, wait for every request in flight.
+        serve::serve("server", self.listener, shutdown, None, |peer| {
+            let router = router.clone();
+            hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                // The peer address feeds the audit log's `ip`.
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), req)
+            })
+        })
+        .await;
         // No request is in flight any more.
         background.stop().await;
-        served
+        Ok(())
     }
 }
 
