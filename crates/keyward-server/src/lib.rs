@@ -1,12 +1,14 @@
 //! keyward's HTTP server: the admin API, verify, and operations routes, with their middleware.
 //!
 //! [`router`] builds the whole app over an [`AppState`] so tests can drive it in memory;
-//! [`Application`] binds a socket and serves it with graceful shutdown.
+//! [`Application`] binds a socket and serves it with graceful shutdown, through a
+//! [`fast_verify::Dispatch`] that answers `POST /v1/keys/verify` without the router.
 
 pub mod auth;
 pub mod background;
 pub mod error;
 pub mod extract;
+pub mod fast_verify;
 pub mod gateway;
 pub mod openapi;
 pub mod portal;
@@ -20,6 +22,7 @@ use axum::http::{header, HeaderName, HeaderValue, Method, Request};
 use axum::Router;
 use error::{ApiError, REQUEST_ID_HEADER};
 use keyward_core::service::Service;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,7 +89,8 @@ pub fn router(state: AppState) -> Router {
     router_with_ids(state, SequentialRequestId::new())
 }
 
-/// [`router`], numbering requests that arrive without an id from `request_ids`.
+/// [`router`], numbering requests that arrive without an id from `request_ids` (which the
+/// fast verify path shares, so ids stay unique across both).
 pub(crate) fn router_with_ids(state: AppState, request_ids: SequentialRequestId) -> Router {
     let body_limit = state.body_limit;
 
@@ -148,11 +152,12 @@ fn make_span<B>(req: &Request<B>) -> tracing::Span {
     request_span(req.method(), req.uri().path(), request_id)
 }
 
-/// [`make_span`] from the parts it reads.
+/// [`make_span`] from the parts it reads (the fast verify path keeps the id beside the
+/// request rather than in its headers).
 pub(crate) fn request_span(method: &Method, path: &str, request_id: &str) -> tracing::Span {
     // The verify hot path gets a DEBUG span: free when DEBUG is off, where an INFO span costs
     // a formatted allocation per call. Its failures are still logged at INFO by on_response.
-    if path == "/v1/keys/verify" {
+    if path == fast_verify::PATH {
         return tracing::debug_span!("request", %method, path = %path, request_id);
     }
     tracing::info_span!(
@@ -241,13 +246,13 @@ async fn route_not_found() -> ApiError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: Router,
+    dispatch: Arc<fast_verify::Dispatch>,
     service: Arc<Service>,
     records: Arc<records::Records>,
 }
 
 impl Application {
-    /// Binds `settings.listen` (port 0 works) and builds the router.
+    /// Binds `settings.listen` (port 0 works) and builds the router and the fast verify path.
     pub async fn build(settings: Settings, service: Arc<Service>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         let local_addr = listener.local_addr()?;
@@ -261,7 +266,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            router: router(state),
+            dispatch: Arc::new(fast_verify::Dispatch::new(state)),
             service,
             records,
         })
@@ -281,15 +286,14 @@ impl Application {
         tracing::info!(addr = %self.local_addr, "listening");
         // Quota counters, last uses and the access log reach the store every second.
         let background = background::Background::start(&self.service, &self.records);
-        let router = self.router;
+        let dispatch = self.dispatch;
         // No grace limit: like `axum::serve`, wait for every request in flight.
         serve::serve("server", self.listener, shutdown, None, |peer| {
-            let router = router.clone();
-            hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            let dispatch = Arc::clone(&dispatch);
+            hyper::service::service_fn(move |req| {
+                let dispatch = Arc::clone(&dispatch);
                 // The peer address feeds the audit log's `ip`.
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                tower::ServiceExt::oneshot(router.clone(), req)
+                async move { Ok::<_, Infallible>(dispatch.call(req, Some(peer)).await) }
             })
         })
         .await;
