@@ -5,8 +5,8 @@ use crate::error::REQUEST_ID_HEADER;
 use crate::AppState;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{header, Method};
-use keyward_core::service::Actor;
+use axum::http::{header, HeaderMap, Method};
+use keyward_core::service::{Actor, Service};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -22,18 +22,9 @@ impl FromRequestParts<AppState> for Auth {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .ok_or_else(ApiError::unauthorized)?;
-        // The service caches known root keys, so this is a map lookup on the hot path.
-        let Some(actor) = state.service.authenticate(token).await? else {
-            return Err(ApiError::unauthorized());
-        };
+        let actor = authenticate(&state.service, &parts.headers).await?;
         // Reads and verifies change nothing, so they skip the copy the audit log needs.
-        if parts.method == Method::GET || parts.uri.path() == "/v1/keys/verify" {
+        if parts.method == Method::GET || parts.uri.path() == crate::fast_verify::PATH {
             return Ok(Auth(actor));
         }
         let mut actor = Actor::clone(&actor);
@@ -47,6 +38,24 @@ impl FromRequestParts<AppState> for Auth {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| addr.ip().to_canonical().to_string());
         Ok(Auth(Arc::new(actor)))
+    }
+}
+
+/// The root key's actor for a request with these headers; `401` for a missing, malformed,
+/// unknown or revoked root key. Shared by the [`Auth`] extractor and the fast verify path.
+pub(crate) async fn authenticate(
+    service: &Service,
+    headers: &HeaderMap,
+) -> Result<Arc<Actor>, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .ok_or_else(ApiError::unauthorized)?;
+    // The service caches known root keys, so this is a map lookup on the hot path.
+    match service.authenticate(token).await? {
+        Some(actor) => Ok(actor),
+        None => Err(ApiError::unauthorized()),
     }
 }
 

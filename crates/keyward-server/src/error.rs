@@ -206,10 +206,20 @@ where
     B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let mut res = res.map(axum::body::Body::new);
+    match render_problem(res.map(axum::body::Body::new)) {
+        Ok(rendered) => rendered.map(axum::body::Body::from),
+        Err(untouched) => untouched,
+    }
+}
+
+/// [`render_problems`] for one response: `Ok` with the problem+json body when it is an
+/// error response that needs one, else the response back untouched.
+pub(crate) fn render_problem<B>(
+    mut res: http::Response<B>,
+) -> Result<http::Response<axum::body::Bytes>, http::Response<B>> {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error()) {
-        return res;
+        return Err(res);
     }
     // Portal pages render their own errors as HTML.
     let is_html = res
@@ -218,7 +228,7 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
     if is_html {
-        return res;
+        return Err(res);
     }
     let problem = match res.extensions_mut().remove::<ApiError>() {
         Some(p) => p,
@@ -243,7 +253,7 @@ where
         .headers
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+    Ok(http::Response::from_parts(parts, bytes.into()))
 }
 
 #[cfg(test)]

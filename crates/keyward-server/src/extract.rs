@@ -5,10 +5,11 @@ use crate::error::{unsupported_media_type, ApiError};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use http_body_util::BodyExt as _;
 use keyward_core::model::{Listing, Page};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,17 +28,43 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
-            return Err(unsupported_media_type());
-        }
+        require_json(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(),
-                _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
+                _ => unreadable_body(),
             }
         })?;
         parse_json(&bytes).map(Json)
     }
+}
+
+/// `415` unless the `Content-Type` says JSON.
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    if is_json(headers.get(header::CONTENT_TYPE)) {
+        Ok(())
+    } else {
+        Err(unsupported_media_type())
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes, failing as [`Json`] does: `413` past the
+/// limit, `400 invalid_body` when it cannot be read.
+pub(crate) async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large()),
+        Err(_) => Err(unreadable_body()),
+    }
+}
+
+/// A body that could not be read to its end (but was not too large).
+fn unreadable_body() -> ApiError {
+    ApiError::bad_request("invalid_body", "the request body could not be read")
 }
 
 /// `application/json` or any `application/*+json`, with or without parameters.
@@ -99,17 +126,22 @@ where
 {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(t)) => Ok(Query(t)),
-            Err(rejection) => {
-                let text = rejection.body_text();
-                let detail = text
-                    .strip_prefix("Failed to deserialize query string: ")
-                    .unwrap_or(&text)
-                    .to_owned();
-                Err(ApiError::bad_request("invalid_query", detail))
-            }
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parse_query(&parts.uri).map(Query)
+    }
+}
+
+/// Deserializes a URI's query string (none is the empty one) as [`Query`] does.
+pub(crate) fn parse_query<T: DeserializeOwned>(uri: &Uri) -> Result<T, ApiError> {
+    match axum::extract::Query::<T>::try_from_uri(uri) {
+        Ok(axum::extract::Query(t)) => Ok(t),
+        Err(rejection) => {
+            let text = rejection.body_text();
+            let detail = text
+                .strip_prefix("Failed to deserialize query string: ")
+                .unwrap_or(&text)
+                .to_owned();
+            Err(ApiError::bad_request("invalid_query", detail))
         }
     }
 }
@@ -119,9 +151,8 @@ pub struct JsonResponse<T>(pub StatusCode, pub T);
 
 impl<T: Serialize> IntoResponse for JsonResponse<T> {
     fn into_response(self) -> Response {
-        let mut buf = Vec::with_capacity(256);
-        match serde_json::to_writer(&mut buf, &self.1) {
-            Ok(()) => (
+        match to_json(&self.1) {
+            Ok(buf) => (
                 self.0,
                 [(
                     header::CONTENT_TYPE,
@@ -130,10 +161,21 @@ impl<T: Serialize> IntoResponse for JsonResponse<T> {
                 Body::from(buf),
             )
                 .into_response(),
-            Err(e) => {
-                crate::error::log_cause_chain(&e);
-                ApiError::internal().into_response()
-            }
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+/// A response body as JSON; a failure (a bug, never the client's doing) is logged and is the
+/// generic `500`.
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    // Most bodies fit without a reallocation.
+    let mut buf = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut buf, value) {
+        Ok(()) => Ok(buf),
+        Err(e) => {
+            crate::error::log_cause_chain(&e);
+            Err(ApiError::internal())
         }
     }
 }

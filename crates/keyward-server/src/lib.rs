@@ -1,25 +1,28 @@
 //! keyward's HTTP server: the admin API, verify, and operations routes, with their middleware.
 //!
 //! [`router`] builds the whole app over an [`AppState`] so tests can drive it in memory;
-//! [`Application`] binds a socket and serves it with graceful shutdown.
+//! [`Application`] binds a socket and serves it with graceful shutdown, through a
+//! [`fast_verify::Dispatch`] that answers `POST /v1/keys/verify` without the router.
 
 pub mod auth;
 pub mod background;
 pub mod error;
 pub mod extract;
+pub mod fast_verify;
 pub mod gateway;
 pub mod openapi;
 pub mod portal;
 pub mod records;
 pub mod routes;
+mod serve;
 pub mod usage;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, HeaderValue, Request};
-use axum::serve::ListenerExt as _;
+use axum::http::{header, HeaderName, HeaderValue, Method, Request};
 use axum::Router;
 use error::{ApiError, REQUEST_ID_HEADER};
 use keyward_core::service::Service;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +86,12 @@ impl Default for Settings {
 
 /// The whole app: every route, with the security and operations middleware.
 pub fn router(state: AppState) -> Router {
+    router_with_ids(state, SequentialRequestId::new())
+}
+
+/// [`router`], numbering requests that arrive without an id from `request_ids` (which the
+/// fast verify path shares, so ids stay unique across both).
+pub(crate) fn router_with_ids(state: AppState, request_ids: SequentialRequestId) -> Router {
     let body_limit = state.body_limit;
 
     // Security: admin responses describe keys and must not be stored by caches or browsers.
@@ -104,11 +113,11 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::records::ops_router())
         .fallback(route_not_found)
         .with_state(state);
-    with_middleware(app, body_limit)
+    with_middleware(app, body_limit, request_ids)
 }
 
 /// Wraps routes in the security and operations middleware, outermost first.
-fn with_middleware(app: Router, body_limit: usize) -> Router {
+fn with_middleware(app: Router, body_limit: usize, request_ids: SequentialRequestId) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let middleware = ServiceBuilder::new()
         // Security: marked before tracing so credentials never reach a log line.
@@ -116,10 +125,7 @@ fn with_middleware(app: Router, body_limit: usize) -> Router {
             header::AUTHORIZATION,
             HeaderName::from_static("x-api-key"),
         ]))
-        .layer(SetRequestIdLayer::new(
-            request_id.clone(),
-            SequentialRequestId::new(),
-        ))
+        .layer(SetRequestIdLayer::new(request_id.clone(), request_ids))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
@@ -143,20 +149,21 @@ fn make_span<B>(req: &Request<B>) -> tracing::Span {
         .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    request_span(req.method(), req.uri().path(), request_id)
+}
+
+/// [`make_span`] from the parts it reads (the fast verify path keeps the id beside the
+/// request rather than in its headers).
+pub(crate) fn request_span(method: &Method, path: &str, request_id: &str) -> tracing::Span {
     // The verify hot path gets a DEBUG span: free when DEBUG is off, where an INFO span costs
     // a formatted allocation per call. Its failures are still logged at INFO by on_response.
-    if req.uri().path() == "/v1/keys/verify" {
-        return tracing::debug_span!(
-            "request",
-            method = %req.method(),
-            path = %req.uri().path(),
-            request_id,
-        );
+    if path == fast_verify::PATH {
+        return tracing::debug_span!("request", %method, path = %path, request_id);
     }
     tracing::info_span!(
         "request",
-        method = %req.method(),
-        path = %loggable_path(req.uri().path()),
+        %method,
+        path = %loggable_path(path),
         request_id,
     )
 }
@@ -175,7 +182,7 @@ fn loggable_path(path: &str) -> &str {
 /// One line per response: successes at DEBUG (verify is the hot path; a line per call at
 /// INFO would cost more than the call), everything else at INFO. 5xx are also logged at
 /// ERROR by the trace layer's failure hook.
-fn on_response<B>(
+pub(crate) fn on_response<B>(
     res: &axum::response::Response<B>,
     latency: std::time::Duration,
     _: &tracing::Span,
@@ -198,31 +205,34 @@ fn on_response<B>(
 /// Request ids for requests that arrive without one: a random per-process prefix and a
 /// counter. Unique across nodes without a syscall per request.
 #[derive(Clone)]
-struct SequentialRequestId {
+pub(crate) struct SequentialRequestId {
     prefix: Arc<str>,
     next: Arc<AtomicU64>,
 }
 
 impl SequentialRequestId {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let now_ms = keyward_core::clock::to_unix_ms(time::OffsetDateTime::now_utc());
         Self {
             prefix: keyward_core::id::new_id("req", now_ms).into(),
             next: Arc::new(AtomicU64::new(0)),
         }
     }
+
+    /// The next id, as the `x-request-id` header value.
+    pub(crate) fn next_id(&self) -> Option<HeaderValue> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::try_from(format!("{}-{n:x}", self.prefix)).ok()
+    }
 }
 
 impl MakeRequestId for SequentialRequestId {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{}-{n:x}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+        self.next_id().map(RequestId::new)
     }
 }
 
-fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+pub(crate) fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     // The payload may hold request data; the panic hook has already printed the location.
     tracing::error!("handler panicked");
     axum::response::IntoResponse::into_response(ApiError::internal())
@@ -236,13 +246,13 @@ async fn route_not_found() -> ApiError {
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
-    router: Router,
+    dispatch: Arc<fast_verify::Dispatch>,
     service: Arc<Service>,
     records: Arc<records::Records>,
 }
 
 impl Application {
-    /// Binds `settings.listen` (port 0 works) and builds the router.
+    /// Binds `settings.listen` (port 0 works) and builds the router and the fast verify path.
     pub async fn build(settings: Settings, service: Arc<Service>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(settings.listen).await?;
         let local_addr = listener.local_addr()?;
@@ -256,7 +266,7 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            router: router(state),
+            dispatch: Arc::new(fast_verify::Dispatch::new(state)),
             service,
             records,
         })
@@ -273,25 +283,23 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let listener = self.listener.tap_io(|tcp| {
-            // Small request/response pairs: do not wait for Nagle.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::trace!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
         tracing::info!(addr = %self.local_addr, "listening");
         // Quota counters, last uses and the access log reach the store every second.
         let background = background::Background::start(&self.service, &self.records);
-        // The peer address feeds the audit log's `ip`.
-        let app = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let dispatch = self.dispatch;
+        // No grace limit: like `axum::serve`, wait for every request in flight.
+        serve::serve("server", self.listener, shutdown, None, |peer| {
+            let dispatch = Arc::clone(&dispatch);
+            hyper::service::service_fn(move |req| {
+                let dispatch = Arc::clone(&dispatch);
+                // The peer address feeds the audit log's `ip`.
+                async move { Ok::<_, Infallible>(dispatch.call(req, Some(peer)).await) }
+            })
+        })
+        .await;
         // No request is in flight any more.
         background.stop().await;
-        served
+        Ok(())
     }
 }
 
@@ -357,7 +365,7 @@ mod tests {
             .header(REQUEST_ID_HEADER, "r1")
             .body(Body::empty())
             .unwrap_or_default();
-        let res = with_middleware(app, DEFAULT_BODY_LIMIT)
+        let res = with_middleware(app, DEFAULT_BODY_LIMIT, SequentialRequestId::new())
             .oneshot(req)
             .await
             .map_err(|e| e.to_string());

@@ -35,7 +35,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use keyward_core::model::VerifyRequest;
 use keyward_core::secret::KeyMaterial;
 use keyward_core::service::{Actor, Service};
@@ -189,53 +189,29 @@ impl Gateway {
     /// accepting and gives open requests up to 30 s to finish.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&self.shared)));
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder.http1().keep_alive(true);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        tokio::pin!(shutdown);
         tracing::info!(addr = %self.local_addr, "gateway listening");
-        loop {
-            let (tcp, peer) = tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "gateway: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::trace!(error = %e, "could not set TCP_NODELAY");
-            }
-            let shared = Arc::clone(&self.shared);
-            let peer = Arc::new(Peer::new(peer.ip()));
-            let service = hyper::service::service_fn(move |req| {
+        let shared = self.shared;
+        let shutdown = async move {
+            shutdown.await;
+            // No reloads while draining.
+            reloader.abort();
+        };
+        crate::serve::serve(
+            "gateway",
+            self.listener,
+            shutdown,
+            Some(SHUTDOWN_GRACE),
+            |peer: SocketAddr| {
                 let shared = Arc::clone(&shared);
-                let peer = Arc::clone(&peer);
-                async move { Ok::<_, Infallible>(handle(&shared, &peer, req).await) }
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "gateway connection ended with an error");
-                }
-            });
-        }
-        reloader.abort();
-        drop(self.listener);
-        if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("gateway: requests still open after the grace period; dropping them");
-        }
+                let peer = Arc::new(Peer::new(peer.ip()));
+                hyper::service::service_fn(move |req| {
+                    let shared = Arc::clone(&shared);
+                    let peer = Arc::clone(&peer);
+                    async move { Ok::<_, Infallible>(handle(&shared, &peer, req).await) }
+                })
+            },
+        )
+        .await;
         tracing::info!("gateway stopped");
     }
 }
