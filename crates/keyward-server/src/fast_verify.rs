@@ -185,7 +185,8 @@ impl FastVerify {
             .await?;
         state.records.metrics.observe_latency(started.elapsed());
 
-        let mut res = Response::new(Full::new(Bytes::from(extract::to_json(&verdict)?)));
+        // The key's details were serialized once, when it was cached.
+        let mut res = Response::new(Full::new(Bytes::from(verdict.to_json())));
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
