@@ -191,16 +191,39 @@ pub struct LastUse {
     at_ms: AtomicI64,
     ip: Mutex<Option<String>>,
     dirty: AtomicBool,
+    /// `at_ms` as last written to the store.
+    written_ms: AtomicI64,
+    /// The ip changed since the last write.
+    ip_changed: AtomicBool,
 }
+
+/// How far the stored `last_used_at` may trail the last use before a routine flush writes
+/// it: a busy key costs one row write per this interval, not one per second. Uses from a new
+/// ip, a key's first use, retirement, `unused_for` listings and shutdown write at once.
+pub const LAST_USE_RESOLUTION_MS: i64 = 30_000;
 
 impl LastUse {
     fn new(key_id: &str, at: Option<OffsetDateTime>, ip: Option<&str>) -> Self {
+        let at_ms = at.map_or(i64::MIN, to_unix_ms);
         Self {
             key_id: key_id.to_owned(),
-            at_ms: AtomicI64::new(at.map_or(i64::MIN, to_unix_ms)),
+            at_ms: AtomicI64::new(at_ms),
             ip: Mutex::new(ip.map(str::to_owned)),
             dirty: AtomicBool::new(false),
+            written_ms: AtomicI64::new(at_ms),
+            ip_changed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a flush must write this use now (`all`: whatever has changed).
+    fn due(&self, all: bool) -> bool {
+        let at = self.at_ms.load(Ordering::SeqCst);
+        let written = self.written_ms.load(Ordering::SeqCst);
+        at > written
+            && (all
+                || written == i64::MIN
+                || self.ip_changed.load(Ordering::SeqCst)
+                || at.saturating_sub(written) >= LAST_USE_RESOLUTION_MS)
     }
 }
 
@@ -346,10 +369,17 @@ impl Limits {
         }
     }
 
-    /// Everything that changed since the last call, marked clean.
-    pub fn take_dirty(&self) -> Pending {
+    /// Everything that changed since the last call, marked clean, except last uses that
+    /// trail the stored one by less than [`LAST_USE_RESOLUTION_MS`] (unless `all`): those
+    /// stay pending.
+    pub fn take_dirty(&self, all: bool) -> Pending {
         let cells = std::mem::take(&mut *lock_vec(&self.dirty_quotas));
-        let uses = std::mem::take(&mut *lock_vec(&self.dirty_uses));
+        let (uses, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut *lock_vec(&self.dirty_uses))
+            .into_iter()
+            .partition(|u| u.due(all));
+        if !waiting.is_empty() {
+            lock_vec(&self.dirty_uses).extend(waiting);
+        }
         let mut batch = UsageBatch::default();
         for cell in &cells {
             if let State::Quota(q) = &mut *cell.lock() {
@@ -364,9 +394,12 @@ impl Limits {
         for u in &uses {
             // Cleared before reading: a use after this point marks it dirty again.
             u.dirty.store(false, Ordering::SeqCst);
+            u.ip_changed.store(false, Ordering::SeqCst);
+            let at = u.at_ms.load(Ordering::SeqCst);
+            u.written_ms.store(at, Ordering::SeqCst);
             batch.uses.push(UseUpdate {
                 key_id: u.key_id.clone(),
-                at: from_unix_ms(u.at_ms.load(Ordering::SeqCst)),
+                at: from_unix_ms(at),
                 ip: u.ip.lock().unwrap_or_else(PoisonError::into_inner).clone(),
             });
         }
@@ -385,6 +418,8 @@ impl Limits {
             }
         }
         for u in pending.uses {
+            // Unwritten after all: due at the next flush.
+            u.written_ms.store(i64::MIN, Ordering::SeqCst);
             if !u.dirty.swap(true, Ordering::SeqCst) {
                 lock_vec(&self.dirty_uses).push(u);
             }
@@ -479,6 +514,7 @@ impl KeyRules {
             let mut last = u.ip.lock().unwrap_or_else(PoisonError::into_inner);
             if last.as_deref() != Some(ip) {
                 *last = Some(ip.to_owned());
+                u.ip_changed.store(true, Ordering::SeqCst);
             }
         }
         if !u.dirty.load(Ordering::SeqCst) && !u.dirty.swap(true, Ordering::SeqCst) {
@@ -885,22 +921,56 @@ mod tests {
     fn dirty_counters_are_taken_once_and_restored_after_a_failed_write() {
         let limits = Limits::new();
         let rules = limits.rules_for(&record(vec![], quota(10, None)));
-        assert!(limits.take_dirty().batch.is_empty());
+        assert!(limits.take_dirty(false).batch.is_empty());
         for _ in 0..3 {
             rules.charge(&limits, NOW, 1, false);
             rules.touch(&limits, NOW, Some("10.0.0.1"));
         }
-        let pending = limits.take_dirty();
+        let pending = limits.take_dirty(false);
         assert_eq!(pending.batch.quotas.len(), 1);
         assert_eq!(pending.batch.quotas[0].remaining, 7);
         assert_eq!(pending.batch.uses.len(), 1);
         assert_eq!(pending.batch.uses[0].ip.as_deref(), Some("10.0.0.1"));
-        assert!(limits.take_dirty().batch.is_empty());
+        assert!(limits.take_dirty(false).batch.is_empty());
         limits.restore(pending);
-        assert_eq!(limits.take_dirty().batch.len(), 2);
+        assert_eq!(limits.take_dirty(false).batch.len(), 2);
         let update = limits.reset_quota("key_1", 50, NOW);
         assert_eq!(update.remaining, 50);
         assert_eq!(limits.quota_of("key_1").map(|q| q.0), Some(50));
+    }
+
+    #[test]
+    fn a_busy_keys_last_use_is_written_once_per_resolution_unless_all_is_asked() {
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(vec![], None));
+        let at = |ms: i64| NOW + time::Duration::milliseconds(ms);
+        let uses = |all: bool| limits.take_dirty(all).batch.uses;
+        rules.touch(&limits, at(0), Some("10.0.0.1"));
+        assert_eq!(uses(false).len(), 1, "the first use is written at once");
+        rules.touch(&limits, at(1_000), Some("10.0.0.1"));
+        assert!(uses(false).is_empty(), "1 s later: not yet");
+        rules.touch(&limits, at(2_000), Some("10.0.0.2"));
+        assert_eq!(uses(false).len(), 1, "a new ip is written at once");
+        rules.touch(&limits, at(3_000), Some("10.0.0.2"));
+        assert!(uses(false).is_empty());
+        rules.touch(
+            &limits,
+            at(2_000 + LAST_USE_RESOLUTION_MS),
+            Some("10.0.0.2"),
+        );
+        let due = uses(false);
+        assert_eq!(due.len(), 1, "written once it trails by the resolution");
+        assert_eq!(due[0].at, at(2_000 + LAST_USE_RESOLUTION_MS));
+        rules.touch(
+            &limits,
+            at(3_000 + LAST_USE_RESOLUTION_MS),
+            Some("10.0.0.2"),
+        );
+        assert!(uses(false).is_empty());
+        let all = uses(true);
+        assert_eq!(all.len(), 1, "`all` writes the pending use");
+        assert_eq!(all[0].at, at(3_000 + LAST_USE_RESOLUTION_MS));
+        assert!(uses(true).is_empty(), "and then nothing is pending");
     }
 
     #[test]

@@ -688,6 +688,10 @@ impl Service {
     ) -> Result<Listing<Key>, Error> {
         actor.require("keys.read", filter.api_id.as_deref())?;
         check_page(&page)?;
+        if filter.unused_since.is_some() {
+            // The answer depends on `last_used_at`: write the recent uses still in memory.
+            self.flush_all_usage().await?;
+        }
         let ids = [filter.api_id.as_deref(), filter.project_id.as_deref()];
         if ids.into_iter().flatten().any(|id| !plausible_id(id)) {
             // No object has such an id: the filtered listing is empty.
@@ -1009,11 +1013,22 @@ impl Service {
 
     /// Writes the quota counters and last uses changed since the last flush, in one store
     /// call; returns how many were written. On failure they stay pending for the next flush.
-    /// The server calls this every second and once more on shutdown: a `kill -9` loses at
-    /// most what was charged since the last flush.
+    /// The server calls this every second: a `kill -9` loses at most what was charged since
+    /// the last flush. A busy key's `last_used_at` is rewritten only once it trails by
+    /// [`crate::limits::LAST_USE_RESOLUTION_MS`] (see there).
     pub async fn flush_usage(&self) -> Result<usize, Error> {
+        self.flush(false).await
+    }
+
+    /// [`Service::flush_usage`] including every last use, however recent: before reading
+    /// `last_used_at` for a decision (retirement, `unused_for`) and at shutdown.
+    pub async fn flush_all_usage(&self) -> Result<usize, Error> {
+        self.flush(true).await
+    }
+
+    async fn flush(&self, all: bool) -> Result<usize, Error> {
         let _serial = self.usage_writes.lock().await;
-        let pending = self.limits.take_dirty();
+        let pending = self.limits.take_dirty(all);
         if pending.batch.is_empty() {
             return Ok(0);
         }
@@ -1045,7 +1060,7 @@ impl Service {
             return Ok(0);
         }
         // Uses still in memory must count.
-        self.flush_usage().await?;
+        self.flush_all_usage().await?;
         let now = self.now();
         let now_ms = to_unix_ms(now);
         let mut retired = 0;

@@ -61,7 +61,7 @@ impl UsageTasks {
         for h in self.handles {
             let _ = h.await;
         }
-        match self.service.flush_usage().await {
+        match self.service.flush_all_usage().await {
             Ok(n) => tracing::debug!(written = n, "final usage flush"),
             Err(e) => tracing::error!(error = %e, "final usage flush failed"),
         }
