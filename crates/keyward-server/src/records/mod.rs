@@ -34,7 +34,8 @@ pub struct RecordSettings {
     pub queue_capacity: usize,
     /// How often queued events are written: the worst-case loss after `kill -9`.
     pub flush_interval: Duration,
-    /// Most events written in one transaction.
+    /// Most events in one stored batch (one row). A flush writes all of its batches, and
+    /// their usage counts summed, in one transaction.
     pub max_batch: usize,
     /// This node's name in each event.
     pub node: String,
@@ -204,7 +205,7 @@ async fn write_loop(
 }
 
 /// Encodes `events` off the async workers (a second's worth takes milliseconds, which would
-/// otherwise stall the requests queued behind it) and writes them, `max_batch` at a time.
+/// otherwise stall the requests queued behind it) and writes them in one transaction.
 async fn write_events(
     records: &Records,
     service: &Service,
@@ -214,18 +215,16 @@ async fn write_events(
     let node = records.settings.node.clone();
     let max_batch = records.settings.max_batch.clamp(1, MAX_BATCH_EVENTS);
     let encoded = tokio::task::spawn_blocking(move || encode(&events, &node, max_batch)).await;
-    let Ok(writes) = encoded else {
+    let Ok(write) = encoded else {
         // Encoding panicked: nothing can be written, and nothing may vanish silently.
         tracing::error!("access-log encoding failed; events lost");
         return;
     };
-    for write in writes {
-        write_batch(records, service, &write, stopping).await;
-    }
+    write_batch(records, service, &write, stopping).await;
 }
 
-/// What one store call writes: batches of at most `max_batch` events in all, with their
-/// usage counts.
+/// What one flush writes: its batches, and the usage counts of all of their events summed
+/// (one upsert per key, code and bucket, however many batches the flush took).
 struct Write {
     batches: Vec<EventBatch>,
     counts: Vec<UsageCount>,
@@ -233,43 +232,69 @@ struct Write {
     oldest_ms: i64,
 }
 
-/// Groups `events` by workspace (keeping their order) and encodes each group's slices of at
-/// most `max_batch` events.
-fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Vec<Write> {
+/// Groups `events` by workspace (keeping their order) and encodes each group in batches of
+/// at most `max_batch` events.
+fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
     let mut groups: HashMap<&str, Vec<EventRef<'_>>> = HashMap::new();
     for e in events {
         groups.entry(&e.workspace_id).or_default().push(e.as_ref());
     }
-    let mut writes: Vec<Write> = Vec::new();
-    let mut current = Write {
+    let mut write = Write {
         batches: Vec::new(),
         counts: Vec::new(),
-        events: 0,
+        events: events.len(),
         oldest_ms: i64::MAX,
     };
+    let mut counts = Vec::new();
     for (workspace_id, mut refs) in groups {
         for slice in refs.chunks_mut(max_batch) {
-            if current.events > 0 && current.events + slice.len() > max_batch {
-                writes.push(std::mem::replace(
-                    &mut current,
-                    Write {
-                        batches: Vec::new(),
-                        counts: Vec::new(),
-                        events: 0,
-                        oldest_ms: i64::MAX,
-                    },
-                ));
-            }
-            let batch = access_log::encode(workspace_id, node, slice, &mut current.counts);
-            current.events += slice.len();
-            current.oldest_ms = current.oldest_ms.min(batch.first_ms);
-            current.batches.push(batch);
+            let batch = access_log::encode(workspace_id, node, slice, &mut counts);
+            write.oldest_ms = write.oldest_ms.min(batch.first_ms);
+            write.batches.push(batch);
         }
     }
-    if current.events > 0 {
-        writes.push(current);
+    write.counts = sum_counts(counts);
+    write
+}
+
+/// One count per (workspace, api, key, project, code, granularity, bucket).
+fn sum_counts(counts: Vec<UsageCount>) -> Vec<UsageCount> {
+    let mut sums: HashMap<UsageKey, UsageCount> = HashMap::with_capacity(counts.len());
+    for c in counts {
+        let key = UsageKey::of(&c);
+        match sums.entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().count += c.count,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(c);
+            }
+        }
     }
-    writes
+    sums.into_values().collect()
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct UsageKey {
+    workspace_id: String,
+    api_id: Option<String>,
+    key_id: Option<String>,
+    project_id: Option<String>,
+    code: keyward_core::verify::Code,
+    granularity: keyward_core::records::Granularity,
+    bucket: i64,
+}
+
+impl UsageKey {
+    fn of(c: &UsageCount) -> Self {
+        Self {
+            workspace_id: c.workspace_id.clone(),
+            api_id: c.api_id.clone(),
+            key_id: c.key_id.clone(),
+            project_id: c.project_id.clone(),
+            code: c.code,
+            granularity: c.granularity,
+            bucket: c.bucket,
+        }
+    }
 }
 
 /// Writes one batch, retrying until it is stored: events are never thrown away once queued
@@ -370,7 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flush_splits_by_workspace_and_max_batch_and_counts_every_event() {
+    fn a_flush_splits_by_workspace_and_max_batch_and_sums_its_counts() {
         let t = 1_700_000_000_000;
         let mut events = Vec::new();
         for i in 0..25 {
@@ -380,20 +405,26 @@ mod tests {
                 t + i,
             ));
         }
-        let writes = encode(&events, "node-1", 10);
-        let sizes: Vec<usize> = writes.iter().map(|w| w.events).collect();
+        let write = encode(&events, "node-1", 10);
+        let sizes: Vec<u32> = write.batches.iter().map(|b| b.events).collect();
         assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
-        assert_eq!(sizes.iter().sum::<usize>(), 25);
-        let batches: Vec<&EventBatch> = writes.iter().flat_map(|w| &w.batches).collect();
-        assert_eq!(batches.iter().map(|b| b.events).sum::<u32>(), 25);
-        assert!(batches.iter().all(|b| b.node == "node-1"));
-        let minute_total: u64 = writes
-            .iter()
-            .flat_map(|w| &w.counts)
-            .filter(|c| c.granularity == keyward_core::records::Granularity::Minute)
-            .map(|c| c.count)
-            .sum();
-        assert_eq!(minute_total, 25, "usage counts cover every event once");
+        assert_eq!(sizes.len(), 3, "ws_a: 10 + 10, ws_b: 5 → {sizes:?}");
+        assert_eq!(write.events, 25);
+        assert!(write.batches.iter().all(|b| b.node == "node-1"));
+        let minute = |ws: &str| -> Vec<u64> {
+            write
+                .counts
+                .iter()
+                .filter(|c| {
+                    c.granularity == keyward_core::records::Granularity::Minute
+                        && c.workspace_id == ws
+                })
+                .map(|c| c.count)
+                .collect()
+        };
+        // One row per workspace, code and minute, summed across the batches.
+        assert_eq!(minute("ws_a"), [20]);
+        assert_eq!(minute("ws_b"), [5]);
     }
 
     #[tokio::test]
