@@ -932,9 +932,10 @@ impl Service {
         expr: Option<&perm::Expr>,
         explain: bool,
     ) -> Result<VerifyResponse, Error> {
-        let verdict = self.decide(actor, req, expr, explain).await?;
+        let now = self.now();
+        let verdict = self.decide(actor, req, expr, explain, now).await?;
         // The one recording call: after every check, limit and quota, with the final code.
-        self.record(actor, req, &verdict);
+        self.record(actor, req, &verdict, now);
         Ok(verdict)
     }
 
@@ -945,6 +946,7 @@ impl Service {
         req: &VerifyRequest,
         expr: Option<&perm::Expr>,
         explain: bool,
+        now: OffsetDateTime,
     ) -> Result<VerifyResponse, Error> {
         actor.require_any("keys.verify")?;
         if let Some(api_id) = req.api_id.as_deref() {
@@ -972,7 +974,6 @@ impl Service {
         {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         }
-        let now = self.now();
         let mut resp = crate::verify::evaluate(&cached, req, expr, now, explain);
         self.apply_rules(&cached, req, now, &mut resp);
         Ok(resp)
@@ -1200,7 +1201,13 @@ impl Service {
     }
 
     /// Hands the verdict to the recorder. Never blocks and never fails.
-    fn record(&self, actor: &Actor, req: &VerifyRequest, verdict: &VerifyResponse) {
+    fn record(
+        &self,
+        actor: &Actor,
+        req: &VerifyRequest,
+        verdict: &VerifyResponse,
+        now: OffsetDateTime,
+    ) {
         let Some(recorder) = self.recorder.get() else {
             return;
         };
@@ -1220,7 +1227,7 @@ impl Service {
             })
         });
         recorder.record(AccessEvent {
-            time_ms: to_unix_ms(self.now()),
+            time_ms: to_unix_ms(now),
             workspace_id: Arc::clone(&actor.workspace_id),
             key: verdict.key.clone(),
             api_id: match verdict.key {
