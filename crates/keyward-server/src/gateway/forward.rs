@@ -22,6 +22,8 @@ const X_KEYWARD_PROJECT_ID: HeaderName = HeaderName::from_static("x-keyward-proj
 const X_KEYWARD_EXTERNAL_ID: HeaderName = HeaderName::from_static("x-keyward-external-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// A field named like the `close` connection option (RFC 9110 §7.6.1 reserves it).
+const CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// The client's address: the socket peer, or — only when the peer is a trusted proxy — the
 /// right-most `X-Forwarded-For` hop that is not itself a trusted proxy. A hop that does not
@@ -31,13 +33,14 @@ pub fn client_ip(config: &GatewayConfig, peer: IpAddr, headers: &HeaderMap) -> I
         return peer;
     }
     let mut client = peer;
-    // Several X-Forwarded-For headers form one list, in order.
-    let values: Vec<&str> = headers
+    // Several X-Forwarded-For headers form one list, in order; walk it from the right.
+    let hops = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .collect();
-    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        .flat_map(|v| v.rsplit(','));
+    for hop in hops {
         let Ok(ip) = hop.trim().parse::<IpAddr>() else {
             break;
         };
@@ -82,8 +85,9 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-/// The query string without any of the configured key parameters; `None` if none was there.
-fn strip_query(query: &str, sources: &[KeySource]) -> Option<String> {
+/// `path?query` without any of the configured key parameters in the query (and without the
+/// `?` if nothing is left); `None` if there were none.
+fn strip_query(path: &str, query: &str, sources: &[KeySource]) -> Option<String> {
     let is_key = |pair: &str| {
         let k = pair.split_once('=').map_or(pair, |(k, _)| k);
         sources
@@ -93,8 +97,20 @@ fn strip_query(query: &str, sources: &[KeySource]) -> Option<String> {
     if !query.split('&').any(is_key) {
         return None;
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
-    Some(kept.join("&"))
+    let mut out = String::with_capacity(path.len() + 1 + query.len());
+    out.push_str(path);
+    out.push('?');
+    let query_start = out.len();
+    for (i, pair) in query.split('&').filter(|p| !is_key(p)).enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(pair);
+    }
+    if out.len() == query_start {
+        out.pop();
+    }
+    Some(out)
 }
 
 /// Whether this is a WebSocket handshake (HTTP/1.1 `Upgrade: websocket`).
@@ -130,13 +146,31 @@ fn strip_headers(headers: &mut HeaderMap, request: bool) {
     if !needs_work {
         return;
     }
-    let mut named: Vec<HeaderName> = headers
+    // Allocated only if `Connection` names an unusual header, or for a spoofed identity
+    // header: not for the usual `Connection: keep-alive` / `close` / `upgrade`.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut close = false;
+    let tokens = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim);
+    for token in tokens {
+        if token.eq_ignore_ascii_case("close") {
+            close = true;
+        } else if !(token.is_empty()
+            || token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("upgrade"))
+        {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    if close {
+        headers.remove(CLOSE);
+    }
     if request {
         // Security: identity headers come from the gateway alone.
         named.extend(
@@ -145,7 +179,7 @@ fn strip_headers(headers: &mut HeaderMap, request: bool) {
                 .filter(|n| n.as_str().starts_with("x-keyward-"))
                 .cloned(),
         );
-        named.push(PROXY_AUTHORIZATION);
+        headers.remove(PROXY_AUTHORIZATION);
     }
     for name in named.iter().chain(&[
         CONNECTION,
@@ -202,20 +236,14 @@ pub async fn forward(
     }
     // Only a trusted proxy's X-Forwarded-For is kept (and extended); anyone else's is replaced.
     let peer_value = peer.header.clone();
-    let forwarded_for = if trusted_peer {
-        let prior: Vec<&[u8]> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        if prior.is_empty() {
-            peer_value
-        } else {
-            let mut joined = prior.join(&b", "[..]);
+    let forwarded_for = if trusted_peer && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined: Vec<u8> = Vec::new();
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            joined.extend_from_slice(prior.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer_value.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or(peer_value)
         }
+        joined.extend_from_slice(peer_value.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or(peer_value)
     } else {
         peer_value
     };
@@ -239,13 +267,7 @@ pub async fn forward(
                     .iter()
                     .any(|s| matches!(s, KeySource::Query(_))) =>
             {
-                strip_query(q, &config.key_from).map(|q| {
-                    if q.is_empty() {
-                        uri.path().to_owned()
-                    } else {
-                        format!("{}?{q}", uri.path())
-                    }
-                })
+                strip_query(uri.path(), q, &config.key_from)
             }
             _ => None,
         };
@@ -368,11 +390,18 @@ mod tests {
         assert_eq!(query_param("a=1&api_key=k&b=2", "api_key"), Some("k"));
         assert_eq!(query_param("a=1", "api_key"), None);
         assert_eq!(
-            strip_query("a=1&api_key=k&b=2", &sources).as_deref(),
-            Some("a=1&b=2")
+            strip_query("/p", "a=1&api_key=k&b=2", &sources).as_deref(),
+            Some("/p?a=1&b=2")
         );
-        assert_eq!(strip_query("api_key=k", &sources).as_deref(), Some(""));
-        assert_eq!(strip_query("a=1", &sources), None);
+        assert_eq!(
+            strip_query("/p", "api_key=k&b=2", &sources).as_deref(),
+            Some("/p?b=2")
+        );
+        assert_eq!(
+            strip_query("/p", "api_key=k", &sources).as_deref(),
+            Some("/p")
+        );
+        assert_eq!(strip_query("/p", "a=1", &sources), None);
     }
 
     #[test]
@@ -384,6 +413,15 @@ mod tests {
         h.insert("x-keep", HeaderValue::from_static("1"));
         h.insert(TE, HeaderValue::from_static("trailers"));
         strip_headers(&mut h, true);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-keep"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Close, Upgrade"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_headers(&mut h, false);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-keep"]);
     }
