@@ -1,15 +1,15 @@
 //! Forwarding an admitted request: who the client is, where its key is, what the upstream
-//! sees (no credential, no spoofed identity, no hop-by-hop headers), and the tunnel for
-//! WebSocket upgrades.
+//! sees (no credential, no spoofed identity, no hop-by-hop headers), which connection it goes
+//! over (pinned or pooled), and the tunnel for WebSocket upgrades.
 
 use super::config::{GatewayConfig, KeySource, Route, UpstreamProtocol};
-use super::{problem, Clients, GatewayBody, Peer, Problem};
+use super::{pinned, problem, BoxError, ClientConn, Clients, GatewayBody, Problem};
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyward_core::verify::VerifyResponse;
@@ -196,14 +196,28 @@ fn strip_headers(headers: &mut HeaderMap, request: bool) {
 
 /// Sends the request to the route's upstream and streams the answer back. `identity` is
 /// `None` on public routes.
+///
+/// Requests from an HTTP/1 client to an HTTP/1.1 upstream go over the client connection's
+/// pinned upstream connection ([`pinned`]); the rest (h2c upstreams, HTTP/2 clients) over the
+/// shared pooled clients. Either way the upstream timeout covers connecting, sending and
+/// waiting for the response's head.
 pub async fn forward(
     clients: &Clients,
     config: &GatewayConfig,
     route: &Route,
-    peer: &Peer,
+    conn: &ClientConn,
     mut req: Request<Incoming>,
     identity: Option<&VerifyResponse>,
 ) -> Response<GatewayBody> {
+    let peer = &conn.peer;
+    // An HTTP/2 client's requests on one connection run concurrently: they use the pool.
+    let mut lease = if req.version() == Version::HTTP_2 {
+        None
+    } else {
+        conn.slot.lease()
+    };
+    let pin = route.protocol == UpstreamProtocol::Http1 && req.method() != Method::CONNECT;
+
     let websocket = is_websocket(&req);
     let upgrade = websocket.then(|| req.headers().get(UPGRADE).cloned());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -256,10 +270,10 @@ pub async fn forward(
         headers.insert(UPGRADE, upgrade);
     }
 
-    // The upstream URI: the route's scheme and authority, the request's path and query
-    // (without a query-string credential).
+    // The request's own path and query (taken, not copied), without a query-string
+    // credential.
     let path_and_query = {
-        let uri = req.uri();
+        let uri = std::mem::take(req.uri_mut());
         let stripped = match uri.query() {
             Some(q)
                 if config
@@ -273,44 +287,81 @@ pub async fn forward(
         };
         match stripped {
             Some(s) => PathAndQuery::try_from(s).ok(),
-            None => uri.path_and_query().cloned(),
+            None => uri.into_parts().path_and_query,
         }
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(route.upstream_scheme.clone());
-    parts.authority = Some(route.upstream_authority.clone());
-    parts.path_and_query = Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
-    let Ok(uri) = Uri::from_parts(parts) else {
-        return problem(Problem::BadGateway);
-    };
-    *req.uri_mut() = uri;
+    }
+    .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let client = match route.protocol {
-        UpstreamProtocol::Http1 => {
+    let timeout = config.upstream_timeout;
+    // A pinned connection that switched protocols belongs to the tunnel, not the slot.
+    let mut switched = None;
+    let sent: Option<Result<Response<Incoming>, BoxError>> = match lease.as_mut() {
+        Some(lease) if pin => {
+            // Origin form: the connection already says which upstream this is.
+            *req.uri_mut() = Uri::from(path_and_query);
             *req.version_mut() = Version::HTTP_11;
-            &clients.http1
+            let pinned = lease.take_upstream(&route.upstream_authority);
+            let send = pinned::send(pinned, &clients.connector, route, req);
+            // On a timeout `send` is dropped with the connection it holds: a connection with
+            // a request still in flight is never reused.
+            match lease.within(timeout, send).await {
+                Some(Ok((res, upstream))) => {
+                    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        switched = Some(upstream);
+                    } else {
+                        lease.put_upstream(upstream);
+                    }
+                    Some(Ok(res))
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            }
         }
-        UpstreamProtocol::H2c => {
-            *req.version_mut() = Version::HTTP_2;
-            // HTTP/2 carries the authority in the request line; Host would be redundant.
-            req.headers_mut().remove(HOST);
-            &clients.h2c
+        lease => {
+            // The pool is keyed by scheme and authority, so the URI carries them.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(route.upstream_scheme.clone());
+            parts.authority = Some(route.upstream_authority.clone());
+            parts.path_and_query = Some(path_and_query);
+            let Ok(uri) = Uri::from_parts(parts) else {
+                return problem(Problem::BadGateway);
+            };
+            *req.uri_mut() = uri;
+            let client = match route.protocol {
+                UpstreamProtocol::Http1 => {
+                    *req.version_mut() = Version::HTTP_11;
+                    &clients.http1
+                }
+                UpstreamProtocol::H2c => {
+                    *req.version_mut() = Version::HTTP_2;
+                    // HTTP/2 carries the authority in the request line; Host would be redundant.
+                    req.headers_mut().remove(HOST);
+                    &clients.h2c
+                }
+            };
+            let request = client.request(req);
+            let sent = match lease {
+                Some(lease) => lease.within(timeout, request).await,
+                None => tokio::time::timeout(timeout, request).await.ok(),
+            };
+            sent.map(|r| r.map_err(BoxError::from))
         }
     };
+    // The connection's state is not needed for the rest; give it back now.
+    drop(lease);
 
-    let sent = tokio::time::timeout(config.upstream_timeout, client.request(req)).await;
     let mut res = match sent {
-        Err(_) => return problem(Problem::GatewayTimeout),
-        Ok(Err(e)) => {
-            let timed_out = is_timeout(&e);
-            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), upstream = %route.upstream_authority, "gateway: upstream failed");
+        None => return problem(Problem::GatewayTimeout),
+        Some(Err(e)) => {
+            let timed_out = is_timeout(&*e);
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&*e), upstream = %route.upstream_authority, "gateway: upstream failed");
             return problem(if timed_out {
                 Problem::GatewayTimeout
             } else {
                 Problem::BadGateway
             });
         }
-        Ok(Ok(res)) => res,
+        Some(Ok(res)) => res,
     };
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -318,6 +369,8 @@ pub async fn forward(
             let upstream_upgrade = hyper::upgrade::on(&mut res);
             tokio::spawn(async move {
                 let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
+                // The upstream connection's task has handed its socket over by now.
+                drop(switched);
                 match (client, upstream) {
                     (Ok(client), Ok(upstream)) => {
                         let mut client = TokioIo::new(client);
@@ -359,15 +412,17 @@ fn set_id(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
 }
 
 /// Whether an upstream failure was a timeout (connect timeout included), not a refusal.
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
         }
-        source = s.source();
+        next = e.source();
     }
     false
 }
@@ -424,5 +479,32 @@ mod tests {
         strip_headers(&mut h, false);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-keep"]);
+    }
+
+    /// An error that only wraps another, as connector and client errors do.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tcp connect error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_timeout_anywhere_in_the_cause_chain_is_a_timeout() {
+        let timed_out = Wrapped(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_timeout(&timed_out));
+        assert!(is_timeout(&std::io::Error::from(
+            std::io::ErrorKind::TimedOut
+        )));
+        assert!(!is_timeout(&refused));
     }
 }
