@@ -9,11 +9,13 @@ use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::http::{read_raw_response, Http};
@@ -25,38 +27,132 @@ use tokio::net::TcpListener;
 
 type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// A test upstream: `/upload` counts the body's bytes, `/download?n=N` streams N bytes,
-/// `/slow` answers after 3 s, `/ws` echoes WebSocket messages, anything else echoes the
-/// request (method, path, query, version, headers) as JSON. Speaks HTTP/1.1 and h2c.
-async fn start_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("upstream addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let service = hyper::service::service_fn(upstream);
-                let _ = builder
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                    .await;
-            });
+/// A running test upstream serving [`upstream`], which counts its connections; stops (closing
+/// its listener and every connection) when dropped.
+struct TestUpstream {
+    addr: SocketAddr,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Counts a connection as closed when its task ends, aborted or not.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl TestUpstream {
+    async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// Starts on `addr` (a port 0 address, or the address of one stopped before).
+    async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let accepted = Arc::clone(&accepted);
+            let open = Arc::clone(&open);
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                loop {
+                    let (tcp, peer) = tokio::select! {
+                        _ = &mut stopped => break,
+                        accepted = listener.accept() => match accepted {
+                            Ok(accepted) => accepted,
+                            Err(_) => continue,
+                        },
+                    };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let guard = OpenGuard(Arc::clone(&open));
+                    connections.spawn(async move {
+                        let _guard = guard;
+                        let builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let service =
+                            hyper::service::service_fn(move |req| upstream(req, addr, peer));
+                        let _ = builder
+                            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                            .await;
+                    });
+                }
+                drop(listener);
+                connections.shutdown().await;
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            open,
+            stop: Some(stop),
+            task: Some(task),
         }
-    });
-    addr
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every connection; returns once all are closed.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits (up to 10 s) until exactly `n` connections are open.
+    async fn wait_open(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.open.load(Ordering::SeqCst) != n {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream has {} connections open, not {n}",
+                self.open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn full(body: impl Into<Bytes>) -> UpBody {
     Full::new(body.into()).boxed()
 }
 
-async fn upstream(mut req: Request<Incoming>) -> Result<Response<UpBody>, Infallible> {
+/// The test upstream's service: `/upload` counts the body's bytes, `/download?n=N` streams
+/// N bytes, `/slow` answers after 3 s, `/ws` echoes WebSocket messages; anything else echoes
+/// the request (method, path, query, version, headers) as JSON, with `upstream` (this
+/// server's address) and `peer` (the gateway's end of the connection): `/delay?ms=N` after
+/// N ms, `/close` with `Connection: close` (and then closes). HTTP/1.1 and h2c.
+async fn upstream(
+    mut req: Request<Incoming>,
+    local: SocketAddr,
+    peer: SocketAddr,
+) -> Result<Response<UpBody>, Infallible> {
     let path = req.uri().path().to_owned();
-    let res = match path.as_str() {
+    if path == "/delay" {
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut res = match path.as_str() {
         "/upload" => {
             let mut n: u64 = 0;
             let mut body = req.into_body();
@@ -132,10 +228,18 @@ async fn upstream(mut req: Request<Incoming>) -> Result<Response<UpBody>, Infall
                 "query": req.uri().query(),
                 "version": format!("{:?}", req.version()),
                 "headers": headers,
+                "upstream": local.to_string(),
+                "peer": peer.to_string(),
             });
             Response::new(full(echo.to_string()))
         }
     };
+    if path == "/close" {
+        res.headers_mut().insert(
+            "connection",
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     Ok(res)
 }
 
@@ -273,6 +377,7 @@ struct Env {
     api_id: String,
     project_id: String,
     up: SocketAddr,
+    upstream: TestUpstream,
     client: reqwest::Client,
 }
 
@@ -285,7 +390,8 @@ impl Env {
         let http = Http::new(&app);
         let api = http.create_api("gw", "gw").await;
         let project = http.create_project("acme", Some("cust_42")).await;
-        let up = start_upstream().await;
+        let upstream = TestUpstream::start().await;
+        let up = upstream.addr;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -296,6 +402,7 @@ impl Env {
             api_id: api["id"].as_str().expect("api id").to_owned(),
             project_id: project["id"].as_str().expect("project id").to_owned(),
             up,
+            upstream,
             client,
         }
     }
@@ -864,4 +971,206 @@ async fn the_gateway_works_on_postgres() {
     )
     .await;
     assert_eq!(res.status(), 401);
+}
+
+// --- upstream connections: pinned to client connections ------------------------------------
+
+/// One client keep-alive connection to the gateway, spoken to in raw HTTP/1.1 so the test
+/// knows exactly which requests share it.
+struct RawConn(tokio::net::TcpStream);
+
+impl RawConn {
+    async fn open(gw: &Gw) -> Self {
+        Self(
+            tokio::net::TcpStream::connect(gw.addr)
+                .await
+                .expect("connect to the gateway"),
+        )
+    }
+
+    /// `GET path` with `key`: the status and the body as JSON (`Null` if it is not JSON).
+    async fn get(&mut self, path: &str, key: &str) -> (u16, Value) {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: gw\r\nx-api-key: {key}\r\n\r\n");
+        self.0
+            .write_all(request.as_bytes())
+            .await
+            .expect("write the request");
+        let reply = read_raw_response(&mut self.0).await;
+        (
+            reply.status,
+            serde_json::from_str(&reply.body).unwrap_or(Value::Null),
+        )
+    }
+
+    /// `GET path` answered 200 by the upstream: the gateway's end of the upstream connection.
+    async fn peer(&mut self, path: &str, key: &str) -> String {
+        let (status, echo) = self.get(path, key).await;
+        assert_eq!(status, 200, "{path}: {echo}");
+        echo["peer"]
+            .as_str()
+            .expect("the echo names its peer")
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn each_client_connection_gets_one_upstream_connection_that_closes_with_it() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let gw = env.gateway("", ROUTES);
+    let mut a = RawConn::open(&gw).await;
+    let mut b = RawConn::open(&gw).await;
+    let (mut a_peers, mut b_peers) = (HashSet::new(), HashSet::new());
+    // Interleaved, one request at a time: a shared pool would hand both clients the same idle
+    // upstream connection. Private and public routes to one upstream share the connection.
+    for path in [
+        "/orders/1",
+        "/public/x",
+        "/orders/2",
+        "/public/y",
+        "/orders/3",
+    ] {
+        a_peers.insert(a.peer(path, &key).await);
+        b_peers.insert(b.peer(path, &key).await);
+    }
+    assert_eq!(
+        a_peers.len(),
+        1,
+        "one upstream connection for a: {a_peers:?}"
+    );
+    assert_eq!(
+        b_peers.len(),
+        1,
+        "one upstream connection for b: {b_peers:?}"
+    );
+    assert!(a_peers.is_disjoint(&b_peers), "{a_peers:?} {b_peers:?}");
+    assert_eq!(env.upstream.accepted(), 2);
+
+    drop(a);
+    env.upstream.wait_open(1).await;
+    drop(b);
+    env.upstream.wait_open(0).await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_after_every_response_still_gets_every_request() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let gw = env.gateway("", ROUTES);
+    let mut client = RawConn::open(&gw).await;
+    for i in 0..5 {
+        let (status, echo) = client.get(&format!("/close?i={i}"), &key).await;
+        assert_eq!(status, 200, "request {i}: {echo}");
+        assert_eq!(echo["query"], format!("i={i}"));
+    }
+    assert_eq!(
+        env.upstream.accepted(),
+        5,
+        "a new upstream connection for each request"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_goes_away_gets_502_until_it_is_back() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let mut flaky = TestUpstream::start().await;
+    let routes = format!(
+        "[[route]]\npath = \"/flaky/**\"\nupstream = \"http://{}\"\n{ROUTES}",
+        flaky.addr
+    );
+    let gw = env.gateway("[timeouts]\nconnect = \"1s\"", &routes);
+    let mut client = RawConn::open(&gw).await;
+    client.peer("/flaky/1", &key).await;
+
+    flaky.stop().await;
+    let (status, problem) = client.get("/flaky/2", &key).await;
+    assert_eq!(status, 502);
+    assert_eq!(problem["code"], "upstream_unavailable");
+    let (status, _) = client.get("/flaky/3", &key).await;
+    assert_eq!(status, 502, "still down");
+
+    let flaky = TestUpstream::start_on(flaky.addr).await;
+    client.peer("/flaky/4", &key).await;
+    assert_eq!(flaky.accepted(), 1, "a new upstream connection");
+    // The other upstream was never disturbed.
+    assert_eq!(client.get("/orders/1", &key).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_timed_out_upstream_connection_is_not_used_again() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let gw = env.gateway("[timeouts]\nupstream = \"500ms\"", ROUTES);
+    let mut client = RawConn::open(&gw).await;
+    client.peer("/orders/1", &key).await;
+    let (status, problem) = client.get("/slow", &key).await;
+    assert_eq!(status, 504);
+    assert_eq!(problem["code"], "upstream_timeout");
+    // Still busy with /slow upstream: the next request needs a connection of its own.
+    client.peer("/orders/2", &key).await;
+    assert_eq!(env.upstream.accepted(), 2);
+}
+
+#[tokio::test]
+async fn every_request_on_a_busy_connection_gets_the_whole_upstream_timeout() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let gw = env.gateway("[timeouts]\nupstream = \"1s\"", ROUTES);
+    let mut client = RawConn::open(&gw).await;
+    // Each takes 0.6 s of a 1 s timeout, so each runs past the previous one's deadline.
+    for i in 0..3 {
+        let (status, echo) = client.get("/delay?ms=600", &key).await;
+        assert_eq!(status, 200, "request {i}: {echo}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_a_route_moves_open_client_connections_too() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let other = TestUpstream::start().await;
+    let route = "[[route]]\npath = \"/**\"\nupstream = \"http://{UP}\"\n";
+    let gw = env.gateway("", route);
+    let mut client = RawConn::open(&gw).await;
+    let (status, echo) = client.get("/a", &key).await;
+    assert_eq!(status, 200);
+    assert_eq!(echo["upstream"], env.up.to_string());
+
+    let moved = route.replace("{UP}", &other.addr.to_string());
+    std::fs::write(&gw.config, env.config("", &moved)).expect("rewrite config");
+    gw.signal("HUP");
+    gw.wait_log("gateway config reloaded", 1).await;
+    let (status, echo) = client.get("/a", &key).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        echo["upstream"],
+        other.addr.to_string(),
+        "the pinned connection to the old upstream is not used"
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_share_the_pool_and_are_served_concurrently() {
+    let env = Env::new().await;
+    let (key, _) = env.key(json!({})).await;
+    let gw = env.gateway("", ROUTES);
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let requests = (0..4).map(|i| {
+        let req = Request::get(gw.url(&format!("/delay?ms=200&i={i}")))
+            .header("x-api-key", &key)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        client.request(req)
+    });
+    for res in futures_util::future::join_all(requests).await {
+        let res = res.expect("an answer over HTTP/2");
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.version(), hyper::Version::HTTP_2);
+        let body = res.into_body().collect().await.expect("body").to_bytes();
+        let echo: Value = serde_json::from_slice(&body).expect("echo JSON");
+        assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+    }
 }

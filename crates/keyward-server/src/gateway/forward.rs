@@ -1,15 +1,15 @@
 //! Forwarding an admitted request: who the client is, where its key is, what the upstream
-//! sees (no credential, no spoofed identity, no hop-by-hop headers), and the tunnel for
-//! WebSocket upgrades.
+//! sees (no credential, no spoofed identity, no hop-by-hop headers), which connection it goes
+//! over (pinned or pooled), and the tunnel for WebSocket upgrades.
 
 use super::config::{GatewayConfig, KeySource, Route, UpstreamProtocol};
-use super::{problem, Clients, GatewayBody, Peer, Problem};
+use super::{pinned, problem, BoxError, ClientConn, Clients, GatewayBody, Problem};
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHORIZATION, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use keyward_core::verify::VerifyResponse;
@@ -22,6 +22,8 @@ const X_KEYWARD_PROJECT_ID: HeaderName = HeaderName::from_static("x-keyward-proj
 const X_KEYWARD_EXTERNAL_ID: HeaderName = HeaderName::from_static("x-keyward-external-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// A field named like the `close` connection option (RFC 9110 §7.6.1 reserves it).
+const CLOSE: HeaderName = HeaderName::from_static("close");
 
 /// The client's address: the socket peer, or — only when the peer is a trusted proxy — the
 /// right-most `X-Forwarded-For` hop that is not itself a trusted proxy. A hop that does not
@@ -31,13 +33,14 @@ pub fn client_ip(config: &GatewayConfig, peer: IpAddr, headers: &HeaderMap) -> I
         return peer;
     }
     let mut client = peer;
-    // Several X-Forwarded-For headers form one list, in order.
-    let values: Vec<&str> = headers
+    // Several X-Forwarded-For headers form one list, in order; walk it from the right.
+    let hops = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .collect();
-    for hop in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        .flat_map(|v| v.rsplit(','));
+    for hop in hops {
         let Ok(ip) = hop.trim().parse::<IpAddr>() else {
             break;
         };
@@ -82,8 +85,9 @@ fn query_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     })
 }
 
-/// The query string without any of the configured key parameters; `None` if none was there.
-fn strip_query(query: &str, sources: &[KeySource]) -> Option<String> {
+/// `path?query` without any of the configured key parameters in the query (and without the
+/// `?` if nothing is left); `None` if there were none.
+fn strip_query(path: &str, query: &str, sources: &[KeySource]) -> Option<String> {
     let is_key = |pair: &str| {
         let k = pair.split_once('=').map_or(pair, |(k, _)| k);
         sources
@@ -93,8 +97,20 @@ fn strip_query(query: &str, sources: &[KeySource]) -> Option<String> {
     if !query.split('&').any(is_key) {
         return None;
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
-    Some(kept.join("&"))
+    let mut out = String::with_capacity(path.len() + 1 + query.len());
+    out.push_str(path);
+    out.push('?');
+    let query_start = out.len();
+    for (i, pair) in query.split('&').filter(|p| !is_key(p)).enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(pair);
+    }
+    if out.len() == query_start {
+        out.pop();
+    }
+    Some(out)
 }
 
 /// Whether this is a WebSocket handshake (HTTP/1.1 `Upgrade: websocket`).
@@ -130,13 +146,31 @@ fn strip_headers(headers: &mut HeaderMap, request: bool) {
     if !needs_work {
         return;
     }
-    let mut named: Vec<HeaderName> = headers
+    // Allocated only if `Connection` names an unusual header, or for a spoofed identity
+    // header: not for the usual `Connection: keep-alive` / `close` / `upgrade`.
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut close = false;
+    let tokens = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim);
+    for token in tokens {
+        if token.eq_ignore_ascii_case("close") {
+            close = true;
+        } else if !(token.is_empty()
+            || token.eq_ignore_ascii_case("keep-alive")
+            || token.eq_ignore_ascii_case("upgrade"))
+        {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    if close {
+        headers.remove(CLOSE);
+    }
     if request {
         // Security: identity headers come from the gateway alone.
         named.extend(
@@ -145,7 +179,7 @@ fn strip_headers(headers: &mut HeaderMap, request: bool) {
                 .filter(|n| n.as_str().starts_with("x-keyward-"))
                 .cloned(),
         );
-        named.push(PROXY_AUTHORIZATION);
+        headers.remove(PROXY_AUTHORIZATION);
     }
     for name in named.iter().chain(&[
         CONNECTION,
@@ -162,14 +196,28 @@ fn strip_headers(headers: &mut HeaderMap, request: bool) {
 
 /// Sends the request to the route's upstream and streams the answer back. `identity` is
 /// `None` on public routes.
+///
+/// Requests from an HTTP/1 client to an HTTP/1.1 upstream go over the client connection's
+/// pinned upstream connection ([`pinned`]); the rest (h2c upstreams, HTTP/2 clients) over the
+/// shared pooled clients. Either way the upstream timeout covers connecting, sending and
+/// waiting for the response's head.
 pub async fn forward(
     clients: &Clients,
     config: &GatewayConfig,
     route: &Route,
-    peer: &Peer,
+    conn: &ClientConn,
     mut req: Request<Incoming>,
     identity: Option<&VerifyResponse>,
 ) -> Response<GatewayBody> {
+    let peer = &conn.peer;
+    // An HTTP/2 client's requests on one connection run concurrently: they use the pool.
+    let mut lease = if req.version() == Version::HTTP_2 {
+        None
+    } else {
+        conn.slot.lease()
+    };
+    let pin = route.protocol == UpstreamProtocol::Http1 && req.method() != Method::CONNECT;
+
     let websocket = is_websocket(&req);
     let upgrade = websocket.then(|| req.headers().get(UPGRADE).cloned());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
@@ -202,20 +250,14 @@ pub async fn forward(
     }
     // Only a trusted proxy's X-Forwarded-For is kept (and extended); anyone else's is replaced.
     let peer_value = peer.header.clone();
-    let forwarded_for = if trusted_peer {
-        let prior: Vec<&[u8]> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        if prior.is_empty() {
-            peer_value
-        } else {
-            let mut joined = prior.join(&b", "[..]);
+    let forwarded_for = if trusted_peer && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut joined: Vec<u8> = Vec::new();
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            joined.extend_from_slice(prior.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(peer_value.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or(peer_value)
         }
+        joined.extend_from_slice(peer_value.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or(peer_value)
     } else {
         peer_value
     };
@@ -228,10 +270,10 @@ pub async fn forward(
         headers.insert(UPGRADE, upgrade);
     }
 
-    // The upstream URI: the route's scheme and authority, the request's path and query
-    // (without a query-string credential).
+    // The request's own path and query (taken, not copied), without a query-string
+    // credential.
     let path_and_query = {
-        let uri = req.uri();
+        let uri = std::mem::take(req.uri_mut());
         let stripped = match uri.query() {
             Some(q)
                 if config
@@ -239,56 +281,87 @@ pub async fn forward(
                     .iter()
                     .any(|s| matches!(s, KeySource::Query(_))) =>
             {
-                strip_query(q, &config.key_from).map(|q| {
-                    if q.is_empty() {
-                        uri.path().to_owned()
-                    } else {
-                        format!("{}?{q}", uri.path())
-                    }
-                })
+                strip_query(uri.path(), q, &config.key_from)
             }
             _ => None,
         };
         match stripped {
             Some(s) => PathAndQuery::try_from(s).ok(),
-            None => uri.path_and_query().cloned(),
+            None => uri.into_parts().path_and_query,
         }
-    };
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(route.upstream_scheme.clone());
-    parts.authority = Some(route.upstream_authority.clone());
-    parts.path_and_query = Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
-    let Ok(uri) = Uri::from_parts(parts) else {
-        return problem(Problem::BadGateway);
-    };
-    *req.uri_mut() = uri;
+    }
+    .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
-    let client = match route.protocol {
-        UpstreamProtocol::Http1 => {
+    let timeout = config.upstream_timeout;
+    // A pinned connection that switched protocols belongs to the tunnel, not the slot.
+    let mut switched = None;
+    let sent: Option<Result<Response<Incoming>, BoxError>> = match lease.as_mut() {
+        Some(lease) if pin => {
+            // Origin form: the connection already says which upstream this is.
+            *req.uri_mut() = Uri::from(path_and_query);
             *req.version_mut() = Version::HTTP_11;
-            &clients.http1
+            let pinned = lease.take_upstream(&route.upstream_authority);
+            let send = pinned::send(pinned, &clients.connector, route, req);
+            // On a timeout `send` is dropped with the connection it holds: a connection with
+            // a request still in flight is never reused.
+            match lease.within(timeout, send).await {
+                Some(Ok((res, upstream))) => {
+                    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        switched = Some(upstream);
+                    } else {
+                        lease.put_upstream(upstream);
+                    }
+                    Some(Ok(res))
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            }
         }
-        UpstreamProtocol::H2c => {
-            *req.version_mut() = Version::HTTP_2;
-            // HTTP/2 carries the authority in the request line; Host would be redundant.
-            req.headers_mut().remove(HOST);
-            &clients.h2c
+        lease => {
+            // The pool is keyed by scheme and authority, so the URI carries them.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(route.upstream_scheme.clone());
+            parts.authority = Some(route.upstream_authority.clone());
+            parts.path_and_query = Some(path_and_query);
+            let Ok(uri) = Uri::from_parts(parts) else {
+                return problem(Problem::BadGateway);
+            };
+            *req.uri_mut() = uri;
+            let client = match route.protocol {
+                UpstreamProtocol::Http1 => {
+                    *req.version_mut() = Version::HTTP_11;
+                    &clients.http1
+                }
+                UpstreamProtocol::H2c => {
+                    *req.version_mut() = Version::HTTP_2;
+                    // HTTP/2 carries the authority in the request line; Host would be redundant.
+                    req.headers_mut().remove(HOST);
+                    &clients.h2c
+                }
+            };
+            let request = client.request(req);
+            let sent = match lease {
+                Some(lease) => lease.within(timeout, request).await,
+                None => tokio::time::timeout(timeout, request).await.ok(),
+            };
+            sent.map(|r| r.map_err(BoxError::from))
         }
     };
+    // The connection's state is not needed for the rest; give it back now.
+    drop(lease);
 
-    let sent = tokio::time::timeout(config.upstream_timeout, client.request(req)).await;
     let mut res = match sent {
-        Err(_) => return problem(Problem::GatewayTimeout),
-        Ok(Err(e)) => {
-            let timed_out = is_timeout(&e);
-            tracing::warn!(error = %e, source = ?std::error::Error::source(&e), upstream = %route.upstream_authority, "gateway: upstream failed");
+        None => return problem(Problem::GatewayTimeout),
+        Some(Err(e)) => {
+            let timed_out = is_timeout(&*e);
+            tracing::warn!(error = %e, source = ?std::error::Error::source(&*e), upstream = %route.upstream_authority, "gateway: upstream failed");
             return problem(if timed_out {
                 Problem::GatewayTimeout
             } else {
                 Problem::BadGateway
             });
         }
-        Ok(Ok(res)) => res,
+        Some(Ok(res)) => res,
     };
 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -296,6 +369,8 @@ pub async fn forward(
             let upstream_upgrade = hyper::upgrade::on(&mut res);
             tokio::spawn(async move {
                 let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
+                // The upstream connection's task has handed its socket over by now.
+                drop(switched);
                 match (client, upstream) {
                     (Ok(client), Ok(upstream)) => {
                         let mut client = TokioIo::new(client);
@@ -337,15 +412,17 @@ fn set_id(headers: &mut HeaderMap, name: HeaderName, value: Option<&str>) {
 }
 
 /// Whether an upstream failure was a timeout (connect timeout included), not a refusal.
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
         }
-        source = s.source();
+        next = e.source();
     }
     false
 }
@@ -368,11 +445,18 @@ mod tests {
         assert_eq!(query_param("a=1&api_key=k&b=2", "api_key"), Some("k"));
         assert_eq!(query_param("a=1", "api_key"), None);
         assert_eq!(
-            strip_query("a=1&api_key=k&b=2", &sources).as_deref(),
-            Some("a=1&b=2")
+            strip_query("/p", "a=1&api_key=k&b=2", &sources).as_deref(),
+            Some("/p?a=1&b=2")
         );
-        assert_eq!(strip_query("api_key=k", &sources).as_deref(), Some(""));
-        assert_eq!(strip_query("a=1", &sources), None);
+        assert_eq!(
+            strip_query("/p", "api_key=k&b=2", &sources).as_deref(),
+            Some("/p?b=2")
+        );
+        assert_eq!(
+            strip_query("/p", "api_key=k", &sources).as_deref(),
+            Some("/p")
+        );
+        assert_eq!(strip_query("/p", "a=1", &sources), None);
     }
 
     #[test]
@@ -386,5 +470,41 @@ mod tests {
         strip_headers(&mut h, true);
         let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["x-keep"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Close, Upgrade"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_headers(&mut h, false);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-keep"]);
+    }
+
+    /// An error that only wraps another, as connector and client errors do.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tcp connect error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_timeout_anywhere_in_the_cause_chain_is_a_timeout() {
+        let timed_out = Wrapped(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_timeout(&timed_out));
+        assert!(is_timeout(&std::io::Error::from(
+            std::io::ErrorKind::TimedOut
+        )));
+        assert!(!is_timeout(&refused));
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Built on hyper directly rather than axum: the gateway and its upstream usually share the
 //! machine, so every microsecond per request counts. Routes are compiled at load; the request
-//! path allocates only what the verify request needs.
+//! path allocates only what the verify request needs. An HTTP/1 client connection gets its own
+//! upstream connection per HTTP/1.1 upstream ([`pinned`]); h2c upstreams and HTTP/2 clients
+//! (whose requests run concurrently) go through a shared pooled client.
 //!
 //! Responses it makes itself are `application/problem+json`:
 //!
@@ -25,6 +27,7 @@
 mod body;
 pub mod config;
 mod forward;
+mod pinned;
 
 pub use body::GatewayBody;
 pub use config::{ConfigError, GatewayConfig, KeySource, UpstreamProtocol};
@@ -59,10 +62,15 @@ struct State {
     www_authenticate: HeaderValue,
 }
 
-/// One pooled client per upstream protocol; each pools keep-alive connections per upstream.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the gateway reaches upstreams: the connector pinned connections are opened with, and
+/// one pooled client per upstream protocol for the requests that are not pinned (each pools
+/// keep-alive connections per upstream).
 #[derive(Clone)]
 struct Clients {
     connect_timeout: Duration,
+    connector: HttpConnector,
     http1: Client<HttpConnector, Incoming>,
     h2c: Client<HttpConnector, Incoming>,
 }
@@ -78,9 +86,10 @@ impl Clients {
             .build(connector.clone());
         let h2c = Client::builder(TokioExecutor::new())
             .http2_only(true)
-            .build(connector);
+            .build(connector.clone());
         Self {
             connect_timeout,
+            connector,
             http1,
             h2c,
         }
@@ -202,12 +211,14 @@ impl Gateway {
             shutdown,
             Some(SHUTDOWN_GRACE),
             |peer: SocketAddr| {
-                let shared = Arc::clone(&shared);
-                let peer = Arc::new(Peer::new(peer.ip()));
+                let conn = Arc::new(ClientConn {
+                    shared: Arc::clone(&shared),
+                    peer: Peer::new(peer.ip()),
+                    slot: pinned::Slot::new(),
+                });
                 hyper::service::service_fn(move |req| {
-                    let shared = Arc::clone(&shared);
-                    let peer = Arc::clone(&peer);
-                    async move { Ok::<_, Infallible>(handle(&shared, &peer, req).await) }
+                    let conn = Arc::clone(&conn);
+                    async move { Ok::<_, Infallible>(handle(&conn, req).await) }
                 })
             },
         )
@@ -244,14 +255,25 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
     }
 }
 
-async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Response<GatewayBody> {
+/// One accepted client connection: what all of its requests share. Dropped (closing its
+/// pinned upstream connections) when the connection and its last request are done.
+struct ClientConn {
+    shared: Arc<Shared>,
+    peer: Peer,
+    /// Pinned upstream connections and the upstream timer; used by HTTP/1 requests only.
+    slot: pinned::Slot,
+}
+
+async fn handle(conn: &ClientConn, req: Request<Incoming>) -> Response<GatewayBody> {
+    let shared = &conn.shared;
+    let peer = &conn.peer;
     let state = shared.state.load_full();
     let config = &state.config;
     let Some(route) = config.route(req.method(), req.uri().path()) else {
         return problem(Problem::NoRoute);
     };
     if route.public {
-        return forward::forward(&state.clients, config, route, peer, req, None).await;
+        return forward::forward(&state.clients, config, route, conn, req, None).await;
     }
 
     let Some(key) = forward::extract_key(&config.key_from, &req) else {
@@ -289,7 +311,7 @@ async fn handle(shared: &Shared, peer: &Peer, req: Request<Incoming>) -> Respons
     };
     match verdict.code {
         Code::Valid => {
-            forward::forward(&state.clients, config, route, peer, req, Some(&verdict)).await
+            forward::forward(&state.clients, config, route, conn, req, Some(&verdict)).await
         }
         Code::Malformed | Code::NotFound | Code::Revoked | Code::Disabled | Code::Expired => {
             unauthorized(&state)
