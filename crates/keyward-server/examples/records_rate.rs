@@ -11,6 +11,8 @@
 //! ```
 //!
 //! Arguments: database URL, batch size (default 10000), seconds (default 10).
+//! `KW_RATE_NO_COUNTS=1` writes the events without their usage counts (to see what the
+//! counts cost).
 
 use keyward_core::access_log;
 use keyward_core::records::VerificationEvent;
@@ -70,6 +72,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut counts = Vec::new();
         let mut refs: Vec<_> = events.iter().map(VerificationEvent::as_ref).collect();
         let encoded = access_log::encode(&ws.id, "bench", &mut refs, &mut counts);
+        if std::env::var("KW_RATE_NO_COUNTS").is_ok_and(|v| v == "1") {
+            counts.clear();
+        }
         store.record_batch(&[encoded], &counts).await?;
         written += events.len() as u64;
         flushes += 1;
