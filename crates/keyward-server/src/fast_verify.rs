@@ -279,16 +279,6 @@ mod tests {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        assert_eq!(
-            body,
-            serde_json::json!({
-                "type": "about:blank",
-                "title": "Internal Server Error",
-                "status": 500,
-                "code": "internal_error",
-                "detail": "an internal error occurred; it has been logged",
-                "request_id": "r1",
-            })
-        );
+        assert_eq!(body, crate::tests::internal_error_problem("r1"));
     }
 }

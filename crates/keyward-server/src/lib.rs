@@ -333,13 +333,26 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::StatusCode;
     use axum::routing::get;
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
+
+    /// The generic `500` problem every panic becomes (shared by the router's and the fast
+    /// path's tests).
+    pub(crate) fn internal_error_problem(request_id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "code": "internal_error",
+            "detail": "an internal error occurred; it has been logged",
+            "request_id": request_id,
+        })
+    }
 
     #[test]
     fn setup_tokens_never_reach_the_request_log() {
@@ -378,16 +391,6 @@ mod tests {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        assert_eq!(
-            body,
-            serde_json::json!({
-                "type": "about:blank",
-                "title": "Internal Server Error",
-                "status": 500,
-                "code": "internal_error",
-                "detail": "an internal error occurred; it has been logged",
-                "request_id": "r1",
-            })
-        );
+        assert_eq!(body, crate::tests::internal_error_problem("r1"));
     }
 }
