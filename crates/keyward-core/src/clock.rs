@@ -54,11 +54,40 @@ impl Clock for FakeClock {
 
 /// Milliseconds since the Unix epoch: how stores persist timestamps on both backends.
 pub fn to_unix_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    let secs = t.unix_timestamp();
+    if secs >= 0 {
+        // The hot path: no 128-bit division.
+        secs * 1000 + i64::from(t.millisecond())
+    } else {
+        (t.unix_timestamp_nanos() / 1_000_000) as i64
+    }
 }
 
 /// The inverse of [`to_unix_ms`]; out-of-range values clamp to the epoch.
 pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_ms_truncates_like_the_nanosecond_division_on_both_sides_of_the_epoch() {
+        for ns in [
+            0i128,
+            1,
+            999_999,
+            1_000_000,
+            1_700_000_000_123_456_789,
+            -1,
+            -500_000,
+            -1_000_000,
+            -1_500_000_001,
+        ] {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(ns).expect("in range");
+            assert_eq!(to_unix_ms(t), (ns / 1_000_000) as i64, "{ns}");
+        }
+    }
 }

@@ -526,6 +526,15 @@ impl KeyRules {
     /// least 1 must remain), and commits them all only if all pass. `cost == 0` checks
     /// without charging anything.
     pub fn charge(&self, limits: &Limits, now: OffsetDateTime, cost: u64, explain: bool) -> Charge {
+        if self.limits.is_empty() && self.quota.is_none() && !explain {
+            // Nothing to charge, nothing to report.
+            return Charge {
+                denied: None,
+                rate_limits: Vec::new(),
+                usage: None,
+                steps: Vec::new(),
+            };
+        }
         let mut out = Charge {
             denied: None,
             rate_limits: Vec::with_capacity(self.limits.len()),
