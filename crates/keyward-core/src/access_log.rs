@@ -8,13 +8,14 @@
 //! `batch << 20 | index`, so they sort newest last, like the rows they replace.
 //!
 //! ```text
-//! batch    = version:u8=1  tuples:varint  tuple*  events:varint  event*
+//! batch    = version:u8=1  base_ms:i64le  tuples:varint  tuple*  events:varint  event*
 //! tuple    = api:str  key:str  project:str          (empty = none; ids are never empty)
-//! event    = dt_ms:varint  tuple:varint  code:u8  flags:u8  ip? method? path? origin?
+//! event    = dt_ms:zigzag-varint  tuple:varint  code:u8  flags:u8  ip? method? path? origin?
 //! str      = len:varint  utf8 bytes
 //! ```
 //!
-//! Events are sorted by time, so `dt_ms` (from the batch's first event) never decreases.
+//! `dt_ms` is each event's time minus the previous one's (the first's minus `base_ms`), signed:
+//! a writer encodes events in the order they were recorded, without sorting them.
 
 use crate::clock::from_unix_ms;
 use crate::records::{Granularity, UsageCount, VerificationEvent};
@@ -61,77 +62,137 @@ pub fn encode(
     counts: &mut Vec<UsageCount>,
 ) -> EventBatch {
     events.sort_by_key(|e| e.time_ms);
-    let first_ms = events.first().map_or(0, |e| e.time_ms);
-    let last_ms = events.last().map_or(0, |e| e.time_ms);
-
-    type Tuple<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
-    let mut tuples: HashMap<Tuple<'_>, u32> = HashMap::new();
-    let mut order: Vec<Tuple<'_>> = Vec::new();
-    let mut minutes: HashMap<(u32, Code, i64), u64> = HashMap::new();
-    let mut body = Vec::with_capacity(events.len() * 8);
+    let mut encoder = Encoder::default();
     for e in events.iter() {
+        encoder.push(e);
+    }
+    encoder.finish(workspace_id, node, counts)
+}
+
+type Tuple<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+
+/// Builds one batch an event at a time, in the order given (so a writer can feed it in
+/// small steps between requests); times may go back and forth.
+#[derive(Debug, Default)]
+pub struct Encoder<'a> {
+    tuples: HashMap<Tuple<'a>, u32>,
+    order: Vec<Tuple<'a>>,
+    minutes: HashMap<(u32, Code, i64), u64>,
+    body: Vec<u8>,
+    /// The first event's time: the base of the deltas.
+    base_ms: i64,
+    prev_ms: i64,
+    min_ms: i64,
+    max_ms: i64,
+    events: u32,
+    /// Bit `i` set: `Code::ALL[i]` occurs.
+    codes: u16,
+}
+
+impl<'a> Encoder<'a> {
+    /// Events pushed so far.
+    pub fn len(&self) -> usize {
+        self.events as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    pub fn push(&mut self, e: &EventRef<'a>) {
+        if self.events == 0 {
+            self.base_ms = e.time_ms;
+            self.prev_ms = e.time_ms;
+            self.min_ms = e.time_ms;
+            self.max_ms = e.time_ms;
+        }
         let tuple = (e.api_id, e.key_id, e.project_id);
-        let index = *tuples.entry(tuple).or_insert_with(|| {
+        let order = &mut self.order;
+        let index = *self.tuples.entry(tuple).or_insert_with(|| {
             order.push(tuple);
             (order.len() - 1) as u32
         });
-        *minutes
+        *self
+            .minutes
             .entry((index, e.code, Granularity::Minute.bucket(e.time_ms)))
             .or_default() += 1;
-        put_varint(&mut body, (e.time_ms - first_ms) as u64);
-        put_varint(&mut body, u64::from(index));
-        body.push(code_index(e.code));
+        put_varint(&mut self.body, zigzag(e.time_ms.wrapping_sub(self.prev_ms)));
+        self.prev_ms = e.time_ms;
+        self.min_ms = self.min_ms.min(e.time_ms);
+        self.max_ms = self.max_ms.max(e.time_ms);
+        put_varint(&mut self.body, u64::from(index));
+        let code = code_index(e.code);
+        self.codes |= 1 << code;
+        self.body.push(code);
         let attrs = [e.ip, e.method, e.path, e.origin];
         let flags = attrs
             .iter()
             .enumerate()
             .fold(0u8, |f, (i, a)| if a.is_some() { f | 1 << i } else { f });
-        body.push(flags);
+        self.body.push(flags);
         for a in attrs.into_iter().flatten() {
-            put_str(&mut body, a);
+            put_str(&mut self.body, a);
         }
+        self.events += 1;
     }
 
-    let mut data = Vec::with_capacity(body.len() + order.len() * 48 + 16);
-    data.push(VERSION);
-    put_varint(&mut data, order.len() as u64);
-    for (api, key, project) in &order {
-        for part in [api, key, project] {
-            put_str(&mut data, part.unwrap_or(""));
+    /// The batch, and its exact usage counts per minute, hour and day added to `counts`.
+    pub fn finish(
+        self,
+        workspace_id: &str,
+        node: &str,
+        counts: &mut Vec<UsageCount>,
+    ) -> EventBatch {
+        let mut data = Vec::with_capacity(self.body.len() + self.order.len() * 48 + 24);
+        data.push(VERSION);
+        data.extend_from_slice(&self.base_ms.to_le_bytes());
+        put_varint(&mut data, self.order.len() as u64);
+        for (api, key, project) in &self.order {
+            for part in [api, key, project] {
+                put_str(&mut data, part.unwrap_or(""));
+            }
         }
-    }
-    put_varint(&mut data, events.len() as u64);
-    data.extend_from_slice(&body);
+        put_varint(&mut data, u64::from(self.events));
+        data.extend_from_slice(&self.body);
 
-    let mut terms: Vec<String> = Vec::new();
-    let mut codes: Vec<Code> = Vec::new();
-    for (api, key, project) in &order {
+        let mut terms: Vec<String> = Vec::new();
+        for (api, key, project) in &self.order {
+            terms.extend(
+                [api, key, project]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| (*s).to_owned()),
+            );
+        }
         terms.extend(
-            [api, key, project]
-                .into_iter()
-                .flatten()
-                .map(|s| (*s).to_owned()),
+            Code::ALL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| self.codes & (1 << i) != 0)
+                .map(|(_, c)| c.as_str().to_owned()),
         );
-    }
-    for e in events.iter() {
-        if !codes.contains(&e.code) {
-            codes.push(e.code);
+        terms.sort_unstable();
+        terms.dedup();
+
+        add_usage(workspace_id, &self.order, &self.minutes, counts);
+        EventBatch {
+            workspace_id: workspace_id.to_owned(),
+            node: node.to_owned(),
+            first_ms: self.min_ms,
+            last_ms: self.max_ms,
+            events: self.events,
+            terms,
+            data,
         }
     }
-    terms.extend(codes.iter().map(|c| c.as_str().to_owned()));
-    terms.sort_unstable();
-    terms.dedup();
+}
 
-    add_usage(workspace_id, &order, &minutes, counts);
-    EventBatch {
-        workspace_id: workspace_id.to_owned(),
-        node: node.to_owned(),
-        first_ms,
-        last_ms,
-        events: events.len() as u32,
-        terms,
-        data,
-    }
+fn zigzag(n: i64) -> u64 {
+    ((n << 1) ^ (n >> 63)) as u64
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
 }
 
 /// `events` as batches, one per run of the same workspace and node (at most
@@ -217,7 +278,6 @@ pub fn decode(
     batch_id: i64,
     workspace_id: &str,
     node: &str,
-    first_ms: i64,
     data: &[u8],
 ) -> Result<Vec<VerificationEvent>, CorruptBatch> {
     let corrupt = |what| CorruptBatch {
@@ -228,6 +288,7 @@ pub fn decode(
     if r.byte().ok_or(corrupt("empty"))? != VERSION {
         return Err(corrupt("unknown version"));
     }
+    let mut time_ms = r.i64_le().ok_or(corrupt("truncated"))?;
     let n_tuples = r.varint().ok_or(corrupt("truncated"))? as usize;
     let mut tuples = Vec::with_capacity(n_tuples.min(data.len()));
     for _ in 0..n_tuples {
@@ -240,7 +301,8 @@ pub fn decode(
     let n_events = r.varint().ok_or(corrupt("truncated"))? as usize;
     let mut out = Vec::with_capacity(n_events.min(data.len()));
     for index in 0..n_events {
-        let dt = r.varint().ok_or(corrupt("truncated event"))?;
+        let dt = unzigzag(r.varint().ok_or(corrupt("truncated event"))?);
+        time_ms = time_ms.wrapping_add(dt);
         let tuple = r.varint().ok_or(corrupt("truncated event"))? as usize;
         let (api_id, key_id, project_id) = tuples.get(tuple).ok_or(corrupt("bad tuple"))?;
         let code = *Code::ALL
@@ -258,7 +320,7 @@ pub fn decode(
         let (ip, method, path, origin) = (attr(0)?, attr(1)?, attr(2)?, attr(3)?);
         out.push(VerificationEvent {
             id: event_id(batch_id, index as u32),
-            time: from_unix_ms(first_ms.saturating_add(dt as i64)),
+            time: from_unix_ms(time_ms),
             workspace_id: workspace_id.to_owned(),
             api_id: api_id.clone(),
             key_id: key_id.clone(),
@@ -317,6 +379,13 @@ impl<'a> Reader<'a> {
         let b = *self.data.get(self.at)?;
         self.at += 1;
         Some(b)
+    }
+
+    fn i64_le(&mut self) -> Option<i64> {
+        let end = self.at.checked_add(8)?;
+        let bytes: [u8; 8] = self.data.get(self.at..end)?.try_into().ok()?;
+        self.at = end;
+        Some(i64::from_le_bytes(bytes))
     }
 
     fn varint(&mut self) -> Option<u64> {
@@ -392,7 +461,7 @@ mod tests {
                 "prj_1"
             ]
         );
-        let decoded = decode(7, "ws_1", "node-1", batch.first_ms, &batch.data).expect("decodes");
+        let decoded = decode(7, "ws_1", "node-1", &batch.data).expect("decodes");
         assert_eq!(decoded.len(), 3);
         for (d, e) in decoded.iter().zip(&events) {
             assert_eq!(to_unix_ms(d.time), e.time_ms);
@@ -412,6 +481,32 @@ mod tests {
         // Usage: 3 events × 3 granularities, each its own tuple/code.
         assert_eq!(counts.len(), 9);
         assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 9);
+    }
+
+    #[test]
+    fn the_encoder_keeps_push_order_and_times_that_go_back() {
+        let times = [
+            1_700_000_005_000,
+            1_700_000_004_999,
+            1_700_000_009_000,
+            1_700_000_000_000,
+        ];
+        let mut encoder = Encoder::default();
+        for (i, &t) in times.iter().enumerate() {
+            let key = if i % 2 == 0 { Some("key_a") } else { None };
+            encoder.push(&event(t, key, Code::Valid));
+        }
+        assert_eq!(encoder.len(), 4);
+        let batch = encoder.finish("ws_1", "n", &mut Vec::new());
+        assert_eq!(
+            (batch.first_ms, batch.last_ms),
+            (times[3], times[2]),
+            "min and max"
+        );
+        let decoded = decode(3, "ws_1", "n", &batch.data).expect("decodes");
+        let got: Vec<i64> = decoded.iter().map(|e| to_unix_ms(e.time)).collect();
+        assert_eq!(got, times, "push order, exact times");
+        assert_eq!(decoded[1].key_id, None);
     }
 
     #[test]
@@ -444,11 +539,11 @@ mod tests {
         let mut events = vec![event(1_700_000_000_000, Some("key_a"), Code::Valid)];
         let batch = encode("ws_1", "n", &mut events, &mut Vec::new());
         for cut in 0..batch.data.len() {
-            assert!(decode(1, "ws_1", "n", 0, &batch.data[..cut]).is_err());
+            assert!(decode(1, "ws_1", "n", &batch.data[..cut]).is_err());
         }
         let mut bad = batch.data.clone();
         bad[0] = 9;
-        assert!(decode(1, "ws_1", "n", 0, &bad).is_err());
+        assert!(decode(1, "ws_1", "n", &bad).is_err());
     }
 
     #[test]
@@ -469,7 +564,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode(1, "ws", "n", 0, &data);
+            let _ = decode(1, "ws", "n", &data);
         }
     }
 }

@@ -141,7 +141,7 @@ pub(crate) fn listing_term(filter: &VerificationFilter) -> Option<String> {
 /// The next batches (newest first) that may hold events for this filter: `$1` workspace,
 /// `$2` the highest batch id to read, then the term and the time bounds when set.
 pub(crate) fn batches_sql(filter: &VerificationFilter, term: bool) -> (String, Vec<Bind>) {
-    let mut sql = String::from("SELECT b.id, b.first_time, b.node, b.data FROM ");
+    let mut sql = String::from("SELECT b.id, b.node, b.data FROM ");
     let mut binds = Vec::new();
     if term {
         sql.push_str(
@@ -181,21 +181,14 @@ pub(crate) fn matches(e: &VerificationEvent, f: &VerificationFilter) -> bool {
 #[derive(sqlx::FromRow)]
 pub(crate) struct BatchRow {
     pub(crate) id: i64,
-    pub(crate) first_time: i64,
     pub(crate) node: String,
     pub(crate) data: Vec<u8>,
 }
 
 impl BatchRow {
     pub(crate) fn decode(&self, workspace_id: &str) -> Result<Vec<VerificationEvent>, StoreError> {
-        access_log::decode(
-            self.id,
-            workspace_id,
-            &self.node,
-            self.first_time,
-            &self.data,
-        )
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+        access_log::decode(self.id, workspace_id, &self.node, &self.data)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 }
 

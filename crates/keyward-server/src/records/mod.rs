@@ -13,7 +13,7 @@
 
 pub mod metrics;
 
-use keyward_core::access_log::{self, EventBatch, EventRef, MAX_BATCH_EVENTS};
+use keyward_core::access_log::{Encoder, EventBatch, MAX_BATCH_EVENTS};
 use keyward_core::records::{AccessEvent, Recorder, UsageCount};
 use keyward_core::service::Service;
 pub use metrics::Metrics;
@@ -217,32 +217,30 @@ async fn write_loop(
     }
 }
 
-/// Encodes `events` off the async workers (a second's worth takes milliseconds, which would
-/// otherwise stall the requests queued behind it) and writes them in one transaction.
+/// Encodes `events` and writes them in one transaction.
+///
+/// Encoding runs on this task, a slice at a time with a yield between slices, so requests
+/// keep being served in between: on a thread of its own it competed with them for the core,
+/// and the scheduler then held requests off for whole 4 ms ticks.
 async fn write_events(
     records: &Records,
     service: &Service,
-    events: Vec<AccessEvent>,
+    mut events: Vec<AccessEvent>,
     stopping: bool,
 ) {
-    let node = records.settings.node.clone();
     let max_batch = records.settings.max_batch.clamp(1, MAX_BATCH_EVENTS);
-    let encoded = tokio::task::spawn_blocking(move || {
-        let write = encode(&events, &node, max_batch);
-        // The events are dropped (their `Arc`s released) here, not on an async worker.
-        let mut drained = events;
-        drained.clear();
-        (write, drained)
-    })
-    .await;
-    let Ok((write, drained)) = encoded else {
-        // Encoding panicked: nothing can be written, and nothing may vanish silently.
-        tracing::error!("access-log encoding failed; events lost");
-        return;
-    };
-    records.give_back(drained);
+    let write = encode(&events, &records.settings.node, max_batch).await;
+    // Releasing the events' `Arc`s is work too: a slice at a time.
+    while !events.is_empty() {
+        events.truncate(events.len().saturating_sub(YIELD_EVERY));
+        tokio::task::yield_now().await;
+    }
+    records.give_back(events);
     write_batch(records, service, &write, stopping).await;
 }
+
+/// Events handled between two yields to the requests waiting on the same thread.
+const YIELD_EVERY: usize = 2048;
 
 /// What one flush writes: its batches, and the usage counts of all of their events summed
 /// (one upsert per key, code and bucket, however many batches the flush took).
@@ -253,13 +251,10 @@ struct Write {
     oldest_ms: i64,
 }
 
-/// Groups `events` by workspace (keeping their order) and encodes each group in batches of
-/// at most `max_batch` events.
-fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
-    let mut groups: HashMap<&str, Vec<EventRef<'_>>> = HashMap::new();
-    for e in events {
-        groups.entry(&e.workspace_id).or_default().push(e.as_ref());
-    }
+/// Encodes `events` in their order, one batch per workspace of at most `max_batch` events,
+/// yielding every [`YIELD_EVERY`] events.
+async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
+    let mut open: HashMap<&str, Encoder<'_>> = HashMap::new();
     let mut write = Write {
         batches: Vec::new(),
         counts: Vec::new(),
@@ -267,11 +262,25 @@ fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
         oldest_ms: i64::MAX,
     };
     let mut counts = Vec::new();
-    for (workspace_id, mut refs) in groups {
-        for slice in refs.chunks_mut(max_batch) {
-            let batch = access_log::encode(workspace_id, node, slice, &mut counts);
-            write.oldest_ms = write.oldest_ms.min(batch.first_ms);
-            write.batches.push(batch);
+    let mut finish = |workspace_id: &str, encoder: Encoder<'_>, write: &mut Write| {
+        let batch = encoder.finish(workspace_id, node, &mut counts);
+        write.oldest_ms = write.oldest_ms.min(batch.first_ms);
+        write.batches.push(batch);
+    };
+    for (i, e) in events.iter().enumerate() {
+        let encoder = open.entry(&*e.workspace_id).or_default();
+        encoder.push(&e.as_ref());
+        if encoder.len() >= max_batch {
+            let full = std::mem::take(encoder);
+            finish(&e.workspace_id, full, &mut write);
+        }
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for (workspace_id, encoder) in open {
+        if !encoder.is_empty() {
+            finish(workspace_id, encoder, &mut write);
         }
     }
     write.counts = sum_counts(counts);
@@ -415,8 +424,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flush_splits_by_workspace_and_max_batch_and_sums_its_counts() {
+    #[tokio::test]
+    async fn a_flush_splits_by_workspace_and_max_batch_and_sums_its_counts() {
         let t = 1_700_000_000_000;
         let mut events = Vec::new();
         for i in 0..25 {
@@ -426,7 +435,7 @@ mod tests {
                 t + i,
             ));
         }
-        let write = encode(&events, "node-1", 10);
+        let write = encode(&events, "node-1", 10).await;
         let sizes: Vec<u32> = write.batches.iter().map(|b| b.events).collect();
         assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
         assert_eq!(sizes.len(), 3, "ws_a: 10 + 10, ws_b: 5 → {sizes:?}");
