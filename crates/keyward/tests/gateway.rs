@@ -11,15 +11,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::http::{read_raw_response, Http};
-use support::{keyward, spawn_app, spawn_app_pg, TestApp};
+use support::{keyward, spawn_app, spawn_app_pg, wait_for_address, TestApp};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 
@@ -333,40 +332,18 @@ fn start_gateway(app: &TestApp, config: &str, in_server: bool) -> Gw {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn keyward gateway");
-    let stderr = child.stderr.take().expect("stderr is piped");
     let logs = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    {
-        let logs = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(mut l) = logs.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-                if let Some(rest) = line.strip_prefix("keyward gateway listening on http://") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(rest.trim().to_owned());
-                    }
-                }
-            }
-        });
-    }
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => Gw {
-            addr: addr.parse().expect("gateway address"),
-            child,
-            logs,
-            config: path,
-        },
-        Err(_) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
-            panic!("the gateway did not report its address within 30 s; stderr:\n{logs}");
-        }
+    let addr = wait_for_address(
+        &mut child,
+        Arc::clone(&logs),
+        "keyward gateway listening on http://",
+        "the gateway",
+    );
+    Gw {
+        addr,
+        child,
+        logs,
+        config: path,
     }
 }
 

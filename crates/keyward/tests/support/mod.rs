@@ -277,6 +277,24 @@ fn start_server(
         .spawn()
         .expect("spawn keyward serve");
 
+    let addr = wait_for_address(
+        &mut child,
+        logs,
+        "keyward listening on http://",
+        "keyward serve",
+    );
+    (child, addr)
+}
+
+/// Copies `child`'s piped stderr into `logs` (on a thread, for as long as it runs) and waits
+/// for the line starting with `prefix` that gives its address. Kills the child and panics with
+/// its stderr if none comes within 30 s.
+pub fn wait_for_address(
+    child: &mut Child,
+    logs: Arc<Mutex<String>>,
+    prefix: &'static str,
+    what: &str,
+) -> SocketAddr {
     let stderr = child.stderr.take().expect("stderr is piped");
     let (tx, rx) = mpsc::channel();
     {
@@ -289,7 +307,7 @@ fn start_server(
                     l.push_str(&line);
                     l.push('\n');
                 }
-                if let Some(rest) = line.strip_prefix("keyward listening on http://") {
+                if let Some(rest) = line.strip_prefix(prefix) {
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(rest.trim().to_owned());
                     }
@@ -297,14 +315,13 @@ fn start_server(
             }
         });
     }
-
     match rx.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(addr) => (child, addr.parse().expect("listening address")),
+        Ok(addr) => addr.parse().expect("listening address"),
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
-            panic!("keyward serve did not report its address within 30 s; stderr:\n{logs}");
+            panic!("{what} did not report its address within 30 s; stderr:\n{logs}");
         }
     }
 }
