@@ -71,13 +71,19 @@ pub fn encode(
 
 type Tuple<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
 
+/// The encoder's maps hash a tuple of ids per event, on the writer's share of the core:
+/// foldhash (randomly seeded per process) instead of SipHash. Security: the only
+/// caller-chosen strings hashed here are the `api_id`s of key-less verdicts, from callers
+/// holding a root key.
+type FastHash = foldhash::fast::RandomState;
+
 /// Builds one batch an event at a time, in the order given (so a writer can feed it in
 /// small steps between requests); times may go back and forth.
 #[derive(Debug, Default)]
 pub struct Encoder<'a> {
-    tuples: HashMap<Tuple<'a>, u32>,
+    tuples: HashMap<Tuple<'a>, u32, FastHash>,
     order: Vec<Tuple<'a>>,
-    minutes: HashMap<(u32, Code, i64), u64>,
+    minutes: HashMap<(u32, Code, i64), u64, FastHash>,
     body: Vec<u8>,
     /// The first event's time: the base of the deltas.
     base_ms: i64,
@@ -223,10 +229,10 @@ pub fn encode_events(events: &[VerificationEvent]) -> Vec<EventBatch> {
 fn add_usage(
     workspace_id: &str,
     tuples: &[(Option<&str>, Option<&str>, Option<&str>)],
-    minutes: &HashMap<(u32, Code, i64), u64>,
+    minutes: &HashMap<(u32, Code, i64), u64, FastHash>,
     counts: &mut Vec<UsageCount>,
 ) {
-    let mut wider: HashMap<(u32, Code, Granularity, i64), u64> = HashMap::new();
+    let mut wider: HashMap<(u32, Code, Granularity, i64), u64, FastHash> = HashMap::default();
     for (&(tuple, code, minute), &n) in minutes {
         for g in [Granularity::Minute, Granularity::Hour, Granularity::Day] {
             *wider.entry((tuple, code, g, g.bucket(minute))).or_default() += n;

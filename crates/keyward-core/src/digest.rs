@@ -19,8 +19,8 @@
 //! keys keep working.
 
 use crate::model::{DigestVersion, KeyDigest};
-use hmac::{Hmac, Mac};
 use rand::RngCore;
+use sha2::digest::generic_array::GenericArray;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -28,23 +28,82 @@ use std::path::Path;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-type HmacSha256 = Hmac<Sha256>;
-
 struct Pepper {
     version: u32,
-    /// Kept so the set can be written back out; the hot path uses `mac`.
+    /// Kept so the set can be written back out; the hot path uses the keyed states.
     secret: Zeroizing<[u8; 32]>,
-    /// HMAC already keyed with `secret`: cloning it skips the ipad/opad key schedule that
-    /// `new_from_slice` would redo on every digest.
-    mac: HmacSha256,
+    /// SHA-256 states after absorbing `secret ⊕ ipad` and `secret ⊕ opad`: HMAC's key
+    /// schedule, done once. A digest is then two compressions for any key (≤ 55 bytes each),
+    /// with no hasher to copy or buffer to manage on the hot path.
+    inner: Zeroizing<[u32; 8]>,
+    outer: Zeroizing<[u32; 8]>,
 }
 
 impl Pepper {
-    fn digest(&self, key: &str) -> [u8; 32] {
-        let mut mac = self.mac.clone();
-        mac.update(key.as_bytes());
-        mac.finalize().into_bytes().into()
+    fn new(version: u32, secret: Zeroizing<[u8; 32]>) -> Self {
+        let keyed = |pad: u8| {
+            let mut block = Zeroizing::new([pad; 64]);
+            for (b, s) in block.iter_mut().zip(secret.iter()) {
+                *b ^= s;
+            }
+            let mut state = Zeroizing::new(SHA256_IV);
+            sha2::compress256(
+                &mut state,
+                std::slice::from_ref(GenericArray::from_slice(&*block)),
+            );
+            state
+        };
+        Self {
+            version,
+            inner: keyed(0x36),
+            outer: keyed(0x5c),
+            secret,
+        }
     }
+
+    /// HMAC-SHA256 (RFC 2104) of `key` under this pepper.
+    fn digest(&self, key: &str) -> [u8; 32] {
+        let inner = sha256_after_block(&self.inner, key.as_bytes());
+        sha256_after_block(&self.outer, &inner)
+    }
+}
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const SHA256_IV: [u32; 8] = [
+    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
+];
+
+/// Finishes a SHA-256 whose first 64-byte block is already absorbed into `state`, over
+/// `msg`: the message's full blocks, then the padded tail (one block, or two when fewer than
+/// 9 bytes are left for the padding).
+fn sha256_after_block(state: &[u32; 8], msg: &[u8]) -> [u8; 32] {
+    let mut s = *state;
+    let mut blocks = msg.chunks_exact(64);
+    for block in &mut blocks {
+        sha2::compress256(
+            &mut s,
+            std::slice::from_ref(GenericArray::from_slice(block)),
+        );
+    }
+    let tail = blocks.remainder();
+    // Security: the tail is key material; wiped when dropped.
+    let mut buf = Zeroizing::new([0u8; 128]);
+    buf[..tail.len()].copy_from_slice(tail);
+    buf[tail.len()] = 0x80;
+    let used = if tail.len() + 9 <= 64 { 64 } else { 128 };
+    let bits = (64 + msg.len() as u64).wrapping_mul(8);
+    buf[used - 8..used].copy_from_slice(&bits.to_be_bytes());
+    for block in buf[..used].chunks_exact(64) {
+        sha2::compress256(
+            &mut s,
+            std::slice::from_ref(GenericArray::from_slice(block)),
+        );
+    }
+    let mut out = [0u8; 32];
+    for (bytes, word) in out.chunks_exact_mut(4).zip(s) {
+        bytes.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
 /// The server's peppers, newest first. The first one is current.
@@ -91,13 +150,7 @@ impl Peppers {
             if peppers.iter().any(|p: &Pepper| p.version == version) {
                 return Err(format!("pepper version {version} appears twice"));
             }
-            let mac = HmacSha256::new_from_slice(secret.as_ref())
-                .map_err(|_| "pepper could not key HMAC-SHA256".to_owned())?;
-            peppers.push(Pepper {
-                version,
-                secret,
-                mac,
-            });
+            peppers.push(Pepper::new(version, secret));
         }
         peppers.sort_by_key(|p| std::cmp::Reverse(p.version));
         Ok(Self { peppers })
@@ -318,7 +371,11 @@ fn decode_hex_32(s: &str) -> Option<Zeroizing<[u8; 32]>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::Mac as _;
     use std::os::unix::fs::PermissionsExt;
+
+    /// The reference implementation the precomputed states must agree with.
+    type HmacSha256 = hmac::Hmac<Sha256>;
 
     fn peppers(vs: &[(u32, u8)]) -> Peppers {
         Peppers::new(vs.iter().map(|&(v, b)| (v, [b; 32])).collect()).expect("valid")
@@ -357,9 +414,26 @@ mod tests {
         reference.update(b"kw_abc");
         let expected: [u8; 32] = reference.finalize().into_bytes().into();
         assert_eq!(d.bytes, expected);
-        // The pre-keyed clone gives the same result every time.
+        // The pre-keyed states give the same result every time.
         assert_eq!(p.digest("kw_abc"), d);
         assert_ne!(p.digest("kw_abd"), d);
+    }
+
+    #[test]
+    fn precomputed_hmac_matches_the_reference_at_every_padding_boundary() {
+        // Lengths around one and two blocks, where the padding spills into an extra block.
+        let secret = Peppers::generate_secret();
+        let p = Peppers::new(vec![(1, secret)]).expect("valid");
+        let mut rng = rand::thread_rng();
+        for len in 0..=300 {
+            let key: String = (0..len)
+                .map(|_| char::from(b'a' + (rng.next_u32() % 26) as u8))
+                .collect();
+            let mut reference = HmacSha256::new_from_slice(&secret).expect("any length");
+            reference.update(key.as_bytes());
+            let expected: [u8; 32] = reference.finalize().into_bytes().into();
+            assert_eq!(p.digest(&key).bytes, expected, "length {len}");
+        }
     }
 
     #[test]

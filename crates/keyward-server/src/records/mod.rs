@@ -7,9 +7,11 @@
 //! waits for the log. Usage counts are computed by the writer from the events it writes, so
 //! a dropped event is missing from both the access log and the usage counts.
 //!
-//! Durability: the writer flushes every `flush_interval` (default 1 s). After `kill -9` the
-//! events still queued are lost — at most one flush interval of them (plus a batch being
-//! written). SIGTERM drains the queue completely before the process exits.
+//! Durability: the writer flushes every `flush_interval` (default 1 s), and at once whenever
+//! the queue is half full, so a burst faster than `queue_capacity` per interval is written
+//! early instead of dropped. After `kill -9` the events still queued are lost — at most one
+//! flush interval of them (plus a batch being written). SIGTERM drains the queue completely
+//! before the process exits.
 
 pub mod metrics;
 
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// How the records pipeline runs.
@@ -35,7 +37,9 @@ pub struct RecordSettings {
     /// How often queued events are written: the worst-case loss after `kill -9`.
     pub flush_interval: Duration,
     /// Most events in one stored batch (one row). A flush writes all of its batches, and
-    /// their usage counts summed, in one transaction.
+    /// their usage counts summed, in one transaction. Each batch also writes one index row
+    /// per key, project, api and code it mentions, so larger batches write fewer rows per
+    /// event; listing reads whole batches, which stays around a millisecond at this size.
     pub max_batch: usize,
     /// This node's name in each event.
     pub node: String,
@@ -51,7 +55,7 @@ impl Default for RecordSettings {
             enabled: true,
             queue_capacity: 100_000,
             flush_interval: Duration::from_secs(1),
-            max_batch: 10_000,
+            max_batch: 100_000,
             node: "keyward".to_owned(),
             access_log_retention: Duration::from_secs(30 * 86_400),
             rollup_retention: Duration::from_secs(400 * 86_400),
@@ -72,6 +76,8 @@ pub struct Records {
     pub metrics: Arc<Metrics>,
     queue: Mutex<Vec<AccessEvent>>,
     spare: Mutex<Vec<AccessEvent>>,
+    /// Wakes the writer early: the queue reached half its capacity.
+    half_full: Notify,
     started: AtomicBool,
     last_drop_log: AtomicI64,
 }
@@ -83,6 +89,7 @@ impl Records {
             metrics: Arc::new(Metrics::default()),
             queue: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
+            half_full: Notify::new(),
             started: AtomicBool::new(false),
             last_drop_log: AtomicI64::new(0),
         })
@@ -139,8 +146,15 @@ impl Recorder for Records {
             return;
         }
         let mut queue = self.lock_queue();
-        if queue.len() < self.settings.queue_capacity {
+        let capacity = self.settings.queue_capacity;
+        if queue.len() < capacity {
             queue.push(event);
+            let crossed_half = queue.len() == capacity.div_ceil(2);
+            drop(queue);
+            if crossed_half {
+                // Once per crossing; the permit is kept if the writer is busy writing.
+                self.half_full.notify_one();
+            }
             return;
         }
         drop(queue);
@@ -204,6 +218,7 @@ async fn write_loop(
     loop {
         let stopping = tokio::select! {
             _ = ticks.tick() => false,
+            _ = records.half_full.notified() => false,
             _ = stopped.changed() => true,
         };
         let events = records.take_queued();
@@ -254,7 +269,7 @@ struct Write {
 /// Encodes `events` in their order, one batch per workspace of at most `max_batch` events,
 /// yielding every [`YIELD_EVERY`] events.
 async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
-    let mut open: HashMap<&str, Encoder<'_>> = HashMap::new();
+    let mut open: HashMap<&str, Encoder<'_>, foldhash::fast::RandomState> = HashMap::default();
     let mut write = Write {
         batches: Vec::new(),
         counts: Vec::new(),
@@ -287,39 +302,54 @@ async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
     write
 }
 
-/// One count per (workspace, api, key, project, code, granularity, bucket).
+/// One count per (workspace, api, key, project, code, granularity, bucket): counts of the
+/// same bucket from different batches of one flush, added up. Looks up by borrowed fields, so
+/// summing copies no strings.
 fn sum_counts(counts: Vec<UsageCount>) -> Vec<UsageCount> {
-    let mut sums: HashMap<UsageKey, UsageCount> = HashMap::with_capacity(counts.len());
-    for c in counts {
-        let key = UsageKey::of(&c);
-        match sums.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().count += c.count,
+    let mut at: HashMap<UsageKey<'_>, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut sums: Vec<(usize, u64)> = Vec::new();
+    for (i, c) in counts.iter().enumerate() {
+        match at.entry(UsageKey::of(c)) {
+            std::collections::hash_map::Entry::Occupied(o) => sums[*o.get()].1 += c.count,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(c);
+                v.insert(sums.len());
+                sums.push((i, c.count));
             }
         }
     }
-    sums.into_values().collect()
+    drop(at);
+    if sums.len() == counts.len() {
+        return counts;
+    }
+    let mut totals = vec![None; counts.len()];
+    for (i, total) in sums {
+        totals[i] = Some(total);
+    }
+    counts
+        .into_iter()
+        .zip(totals)
+        .filter_map(|(c, total)| total.map(|count| UsageCount { count, ..c }))
+        .collect()
 }
 
 #[derive(PartialEq, Eq, Hash)]
-struct UsageKey {
-    workspace_id: String,
-    api_id: Option<String>,
-    key_id: Option<String>,
-    project_id: Option<String>,
+struct UsageKey<'a> {
+    workspace_id: &'a str,
+    api_id: Option<&'a str>,
+    key_id: Option<&'a str>,
+    project_id: Option<&'a str>,
     code: keyward_core::verify::Code,
     granularity: keyward_core::records::Granularity,
     bucket: i64,
 }
 
-impl UsageKey {
-    fn of(c: &UsageCount) -> Self {
+impl<'a> UsageKey<'a> {
+    fn of(c: &'a UsageCount) -> Self {
         Self {
-            workspace_id: c.workspace_id.clone(),
-            api_id: c.api_id.clone(),
-            key_id: c.key_id.clone(),
-            project_id: c.project_id.clone(),
+            workspace_id: &c.workspace_id,
+            api_id: c.api_id.as_deref(),
+            key_id: c.key_id.as_deref(),
+            project_id: c.project_id.as_deref(),
             code: c.code,
             granularity: c.granularity,
             bucket: c.bucket,
