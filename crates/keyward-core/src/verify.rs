@@ -731,16 +731,35 @@ pub const MAX_RESTRICTION_ENTRIES: usize = 1000;
 /// Runs in O(pattern × path) time on the stack (a set of pattern positions advanced once per
 /// path byte), so no pattern can make it backtrack exponentially or allocate.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
-    let p = pattern.as_bytes();
-    let m = p.len();
-    if m > MAX_GLOB_LEN {
+    if pattern.len() > MAX_GLOB_LEN {
         return false;
     }
+    // Most patterns are a literal head and one trailing star (`/v1/orders/*`): the head is
+    // compared as bytes and the tail answered directly; only what follows the first star
+    // needs the automaton.
+    let Some(star) = pattern.find('*') else {
+        return pattern == path;
+    };
+    let (head, tail) = pattern.split_at(star);
+    let Some(rest) = path.strip_prefix(head) else {
+        return false;
+    };
+    match tail {
+        "**" => true,
+        "*" => !rest.contains('/'),
+        _ => glob_automaton(tail.as_bytes(), rest.as_bytes()),
+    }
+}
+
+/// [`glob_match`] for any pattern: the set of pattern positions reachable after each path
+/// byte.
+fn glob_automaton(p: &[u8], path: &[u8]) -> bool {
+    let m = p.len();
     // States are positions in the pattern; `m` is "matched the whole pattern".
     let mut cur = [false; MAX_GLOB_LEN + 1];
     let mut next = [false; MAX_GLOB_LEN + 1];
     enter(&mut cur, p, 0);
-    for &c in path.as_bytes() {
+    for &c in path {
         next.iter_mut().take(m + 1).for_each(|s| *s = false);
         let mut any = false;
         for (i, _) in cur.iter().take(m).enumerate().filter(|(_, &on)| on) {
@@ -758,7 +777,10 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
         if !any {
             return false;
         }
-        std::mem::swap(&mut cur, &mut next);
+        // Only the first m + 1 states are ever used: copy those, not the whole array.
+        for (c, n) in cur.iter_mut().zip(&next).take(m + 1) {
+            *c = *n;
+        }
     }
     cur.get(m).copied().unwrap_or(false)
 }
@@ -1225,6 +1247,15 @@ mod tests {
             ("", "", true),
             ("", "/", false),
             ("/é/*", "/é/x", true),
+            ("/v1/*/items/*", "/v1/a/items/b", true),
+            ("/v1/*/items/*", "/v1/a/items/b/c", false),
+            ("/v1/**", "/v1", false),
+            ("/v1/**", "/v1/", true),
+            ("/v1*", "/v1/x", false),
+            ("/v1*", "/v1x", true),
+            ("/v1**", "/v1/x", true),
+            ("/v1/***", "/v1/a/b", true),
+            ("/x/*", "/y/a", false),
         ];
         for (pattern, path, expected) in cases {
             assert_eq!(glob_match(pattern, path), expected, "{pattern} vs {path}");
