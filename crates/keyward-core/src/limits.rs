@@ -30,8 +30,9 @@ use crate::model::{QuotaUpdate, Refill, RefillInterval, UsageBatch, UseUpdate, V
 use crate::verify::{CheckResult, Code, RateLimitState, UsageState};
 use dashmap::DashMap;
 use smallvec::SmallVec;
+use smol_str::SmolStr;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use time::OffsetDateTime;
 
@@ -195,6 +196,16 @@ pub struct LastUse {
     written_ms: AtomicI64,
     /// The ip changed since the last write.
     ip_changed: AtomicBool,
+    /// A hash of `ip`, so a use from the same ip as the last one takes no lock.
+    ip_hash: AtomicU64,
+}
+
+/// The hash [`LastUse::ip_hash`] holds (0 for none).
+fn ip_hash(ip: Option<&str>) -> u64 {
+    use std::hash::BuildHasher as _;
+    ip.map_or(0, |ip| {
+        foldhash::fast::FixedState::with_seed(0x6b77).hash_one(ip) | 1
+    })
 }
 
 /// How far the stored `last_used_at` may trail the last use before a routine flush writes
@@ -212,6 +223,7 @@ impl LastUse {
             dirty: AtomicBool::new(false),
             written_ms: AtomicI64::new(at_ms),
             ip_changed: AtomicBool::new(false),
+            ip_hash: AtomicU64::new(ip_hash(ip)),
         }
     }
 
@@ -282,7 +294,7 @@ impl Limits {
                     .value(),
             );
             limits.push(LimitSlot {
-                name: l.name.as_str().into(),
+                name: SmolStr::new(&l.name),
                 period: l.period.clone(),
                 project: project.is_some(),
                 gcra: Gcra::new(l.limit, period),
@@ -434,8 +446,8 @@ impl Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LimitSlot {
-    /// Shared with every response that reports this limit.
-    name: Arc<str>,
+    /// Inline up to 23 bytes: copied into every verdict without touching a shared count.
+    name: SmolStr,
     period: String,
     project: bool,
     gcra: Gcra,
@@ -486,8 +498,15 @@ pub struct Charge {
     pub steps: Vec<CheckResult>,
 }
 
+/// Unix nanoseconds as a time, in 64-bit arithmetic (the 128-bit division of
+/// `from_unix_timestamp_nanos` is a measurable part of a verify with limits).
 fn ns_to_time(ns: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    let secs = ns.div_euclid(1_000_000_000);
+    // In 0..1e9, so it fits a u32.
+    let nanos = ns.rem_euclid(1_000_000_000) as u32;
+    OffsetDateTime::from_unix_timestamp(secs)
+        .and_then(|t| t.replace_nanosecond(nanos))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -511,10 +530,16 @@ impl KeyRules {
             u.at_ms.fetch_max(now_ms, Ordering::SeqCst);
         }
         if let Some(ip) = ip {
-            let mut last = u.ip.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.as_deref() != Some(ip) {
-                *last = Some(ip.to_owned());
-                u.ip_changed.store(true, Ordering::SeqCst);
+            // The same ip as last time (the usual case) is recognised by its hash, without
+            // the lock; a different hash takes the lock and compares the strings.
+            let hash = ip_hash(Some(ip));
+            if u.ip_hash.load(Ordering::Relaxed) != hash {
+                let mut last = u.ip.lock().unwrap_or_else(PoisonError::into_inner);
+                if last.as_deref() != Some(ip) {
+                    *last = Some(ip.to_owned());
+                    u.ip_changed.store(true, Ordering::SeqCst);
+                }
+                u.ip_hash.store(hash, Ordering::Relaxed);
             }
         }
         if !u.dirty.load(Ordering::SeqCst) && !u.dirty.swap(true, Ordering::SeqCst) {
@@ -596,7 +621,7 @@ impl KeyRules {
             let tat = tat_of(&guards[slot.lock]);
             let denied_here = rate_denied.is_some_and(|(d, _)| d == i);
             out.rate_limits.push(RateLimitState {
-                name: Arc::clone(&slot.name),
+                name: slot.name.clone(),
                 limit: slot.gcra.limit,
                 remaining: if denied_here {
                     0
@@ -924,6 +949,41 @@ mod tests {
             })
             .count();
         assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn ns_to_time_agrees_with_the_128_bit_conversion() {
+        let samples = [
+            0,
+            1,
+            -1,
+            999_999_999,
+            1_000_000_000,
+            -1_000_000_001,
+            1_764_000_000_123_456_789,
+            -62_000_000_000_000_000,
+            i64::MAX,
+            i64::MIN,
+        ];
+        for ns in samples {
+            let reference = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            assert_eq!(ns_to_time(ns), reference, "{ns}");
+        }
+    }
+
+    #[test]
+    fn a_use_from_a_new_ip_is_noticed_after_uses_from_the_same_one() {
+        let limits = Limits::new();
+        let rules = limits.rules_for(&record(vec![], None));
+        rules.touch(&limits, NOW, Some("10.0.0.1"));
+        rules.touch(&limits, NOW, Some("10.0.0.1"));
+        let first = limits.take_dirty(true);
+        assert_eq!(first.batch.uses[0].ip.as_deref(), Some("10.0.0.1"));
+        rules.touch(&limits, NOW + time::Duration::seconds(1), Some("10.0.0.1"));
+        rules.touch(&limits, NOW + time::Duration::seconds(2), Some("10.0.0.2"));
+        let second = limits.take_dirty(false);
+        assert_eq!(second.batch.uses[0].ip.as_deref(), Some("10.0.0.2"));
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub struct UsageState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct RateLimitState {
     #[schema(value_type = String)]
-    pub name: Arc<str>,
+    pub name: smol_str::SmolStr,
     pub limit: u64,
     pub remaining: u64,
     #[serde(with = "time::serde::rfc3339")]
