@@ -4,6 +4,10 @@
 #   keyward-verify   `keyward serve --workers $SRV_N`, POST /v1/keys/verify {"key": …} with the
 #                    root key as bearer token; 1000 keys (of 100k in the store) in rotation.
 #                    Shaped like hello-post / verify, compared with hello-post.
+#   keyward-verify-rules  the same with every key carrying issue 3's rules (two rate limits high
+#                    enough to admit, a quota, IP and path restrictions) and each request the
+#                    matching ip and path; compared with keyward-verify (target: ≤ 1.3× its
+#                    µs per request).
 #   keyward-gw       `keyward gateway --workers $SRV_N` in front of the same `hello` upstream
 #                    (both pinned to the server core), key in x-api-key, every one of the
 #                    seeded keys limited to $BURST per $BURST/$RATE s (GCRA: $RATE/s, burst
@@ -22,6 +26,8 @@
 #   KW_GW_DIR      per-round copy of the seeded data dir with the rate limits set, for the
 #                  gateway targets (default: /dev/shm/kw-bench-gw)
 #   P_KW_GW        gateway port (default: 18121)
+#   KW_RULES_DIR   per-round copy of the seeded data dir with the rules set, for
+#                  keyward-verify-rules (default: /dev/shm/kw-bench-rules; port P_KW_VERIFY)
 #
 # Security note: LOAD_AUTH (the root key) is exported for every target, so hello-post and
 # verify receive byte-for-byte the same requests as keyward-verify. The key never appears on a
@@ -35,8 +41,9 @@ KW_SEED_KEYS="${KW_SEED_KEYS:-100000}"
 P_KW_VERIFY="${P_KW_VERIFY:-18120}"
 KW_GW_DIR="${KW_GW_DIR:-/dev/shm/kw-bench-gw}"
 P_KW_GW="${P_KW_GW:-18121}"
+KW_RULES_DIR="${KW_RULES_DIR:-/dev/shm/kw-bench-rules}"
 
-EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify keyward-gw keyward-gw-reject"
+EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify keyward-verify-rules keyward-gw keyward-gw-reject"
 
 kw_build() {
     log "keyward: cargo build --release -p keyward --bin keyward --example bench_seed (in $KW_REPO, target $CARGO_TARGET_DIR)"
@@ -83,6 +90,16 @@ start_extra_target() {
             launch keyward-verify env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
                 "$KW_BIN" serve --listen "127.0.0.1:$P_KW_VERIFY" --data-dir "$KW_SEED_DIR" --workers "$SRV_N"
             return 0 ;;
+        keyward-verify-rules)
+            kw_rules_prepare || return 1
+            DESC="keyward serve --workers $SRV_N: verify as keyward-verify, keys with 2 rate limits, a quota, IP and path restrictions"
+            BASE=keyward-verify; MODE=json; LPATH=/v1/keys/verify; PORT=$P_KW_VERIFY
+            KEYS_FILE="$KW_RULES_DIR/load_requests.txt"; WANT=200; EXPECT=2xx
+            BAD_KEY="$(head -1 "$KW_SEED_DIR/unknown_keys.txt")"; BAD_WANT=200
+            port_free "$P_KW_VERIFY" || log "  WARNING: port $P_KW_VERIFY is busy before $1"
+            launch keyward-verify-rules env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
+                "$KW_BIN" serve --listen "127.0.0.1:$P_KW_VERIFY" --data-dir "$KW_RULES_DIR" --workers "$SRV_N"
+            return 0 ;;
         keyward-gw|keyward-gw-reject)
             kw_gw_prepare || return 1
             if [[ "$1" == keyward-gw ]]; then
@@ -101,6 +118,24 @@ start_extra_target() {
             return 0 ;;
         *) return 1 ;;
     esac
+}
+
+# A fresh copy of the seeded data dir for each rules round, every key given the rules of
+# `hot_with_rules` in the criterion benchmark (limits and quota high enough that every call is
+# admitted and charged), and request lines that carry the matching ip and path. keys.lua writes
+# each line into {"key":"<line>"}, so a line `KEY","ip":"…","path":"…` adds those two fields.
+kw_rules_prepare() {
+    [[ -n "$KW_RULES_DIR" && "$KW_RULES_DIR" != / ]] || die "KW_RULES_DIR is not set"
+    command -v sqlite3 >/dev/null || die "missing sqlite3 (apt-get install -y sqlite3)"
+    rm -rf -- "$KW_RULES_DIR"
+    cp -a -- "$KW_SEED_DIR" "$KW_RULES_DIR" || die "cannot copy $KW_SEED_DIR to $KW_RULES_DIR"
+    sqlite3 "$KW_RULES_DIR/keyward.db" \
+        "UPDATE keys SET rate_limits = '[{\"name\":\"burst\",\"limit\":1000000000,\"period\":\"1s\"},{\"name\":\"hourly\",\"limit\":1000000000,\"period\":\"1h\"}]',
+                         usage_limit = '{\"remaining\":4000000000000000000}', usage_remaining = 4000000000000000000,
+                         restrictions = '{\"ips\":[\"10.0.0.0/8\",\"2001:db8::/32\"],\"paths\":[\"/v1/orders/*\"]}';" \
+        || die "cannot set the rules in $KW_RULES_DIR/keyward.db"
+    sed 's|$|","ip":"10.1.2.3","path":"/v1/orders/42|' "$KW_SEED_DIR/load_keys.txt" >"$KW_RULES_DIR/load_requests.txt"
+    chmod 600 "$KW_RULES_DIR/load_requests.txt"
 }
 
 # A fresh copy of the seeded data dir for each gateway round (so no round inherits another's

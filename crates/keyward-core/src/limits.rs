@@ -93,7 +93,9 @@ impl Gcra {
     }
 }
 
-/// One counter. Rate cells hold a TAT; quota cells the remaining calls.
+/// One counter. Rate cells hold a TAT; quota cells the remaining calls. One cache line each
+/// (aligned), so a verify touches one line per counter and no two counters share one.
+#[repr(align(64))]
 pub struct Cell {
     /// The key identity, for quota cells (what a flush writes under); empty for rate cells.
     identity: Box<str>,
@@ -272,7 +274,7 @@ impl Limits {
     pub fn rules_for(&self, record: &VerifyRecord) -> KeyRules {
         let key = &record.key;
         let mut cells: Vec<Arc<Cell>> = Vec::new();
-        let mut limits = Vec::new();
+        let mut limits: SmallVec<[LimitSlot; 2]> = SmallVec::new();
         let project_limits = record
             .project
             .iter()
@@ -465,10 +467,12 @@ struct QuotaSlot {
 /// last use, with handles to their counters.
 #[derive(Debug, Clone, Default)]
 pub struct KeyRules {
-    limits: Vec<LimitSlot>,
+    /// Inline for up to two limits, like the cells below: a verify reads them from the
+    /// cached key itself instead of chasing another allocation.
+    limits: SmallVec<[LimitSlot; 2]>,
     quota: Option<QuotaSlot>,
     /// The cells, sorted by address: the order they are locked in.
-    locks: Vec<Arc<Cell>>,
+    locks: SmallVec<[Arc<Cell>; 4]>,
     last_use: Option<Arc<LastUse>>,
 }
 
