@@ -93,18 +93,38 @@ impl Gcra {
     }
 }
 
-/// One counter. Rate cells hold a TAT; quota cells the remaining calls. One cache line each
-/// (aligned), so a verify touches one line per counter and no two counters share one.
+/// The counters of one owner under one lock: a key identity's own rate limits and quota, or a
+/// project's rate limits. A verify locks one cell per owner (one for most keys, two with
+/// project limits), not one per counter. Aligned so that no two cells share a cache line.
 #[repr(align(64))]
 pub struct Cell {
-    /// The key identity, for quota cells (what a flush writes under); empty for rate cells.
+    /// The key identity, for key cells (what a quota flush writes under); empty for projects.
     identity: Box<str>,
     state: Mutex<State>,
 }
 
-enum State {
-    Rate { tat: i64 },
-    Quota(Quota),
+#[derive(Default)]
+struct State {
+    /// Each rate limit's theoretical arrival time, by limit name. Only ever appended to, so a
+    /// cached key's index into it stays valid.
+    tats: SmallVec<[(SmolStr, i64); 2]>,
+    /// The key identity's quota, once a key of it has one.
+    quota: Option<Quota>,
+}
+
+impl State {
+    /// The index of the rate limit named `name`, added at full burst if new.
+    fn slot(&mut self, name: &str) -> usize {
+        if let Some(i) = self.tats.iter().position(|(n, _)| n == name) {
+            return i;
+        }
+        self.tats.push((SmolStr::new(name), i64::MIN));
+        self.tats.len() - 1
+    }
+
+    fn tat(&self, index: usize) -> i64 {
+        self.tats.get(index).map_or(i64::MIN, |(_, tat)| *tat)
+    }
 }
 
 struct Quota {
@@ -154,22 +174,10 @@ pub fn next_refill_after(after_ms: i64, interval: RefillInterval) -> i64 {
 }
 
 impl Cell {
-    fn rate() -> Self {
-        Self {
-            identity: Box::from(""),
-            state: Mutex::new(State::Rate { tat: i64::MIN }),
-        }
-    }
-
-    fn quota(identity: &str, remaining: u64, refilled_at_ms: i64) -> Self {
+    fn new(identity: &str) -> Self {
         Self {
             identity: Box::from(identity),
-            state: Mutex::new(State::Quota(Quota {
-                remaining,
-                refilled_at_ms,
-                next_refill: None,
-                dirty: false,
-            })),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -244,10 +252,8 @@ impl LastUse {
 /// Every counter of this node, and what changed since the last flush.
 #[derive(Debug, Default)]
 pub struct Limits {
-    /// `k:{identity}:{name}` for key limits, `p:{project}:{name}` for project limits.
-    rate: DashMap<String, Arc<Cell>>,
-    /// By key identity.
-    quotas: DashMap<String, Arc<Cell>>,
+    /// `k:{identity}` for a key identity's limits and quota, `p:{project}` for a project's.
+    cells: DashMap<String, Arc<Cell>>,
     dirty_quotas: Mutex<Vec<Arc<Cell>>>,
     dirty_uses: Mutex<Vec<Arc<LastUse>>>,
 }
@@ -273,72 +279,68 @@ impl Limits {
     /// quota counter not yet in memory starts from the stored (last flushed) value.
     pub fn rules_for(&self, record: &VerifyRecord) -> KeyRules {
         let key = &record.key;
-        let mut cells: Vec<Arc<Cell>> = Vec::new();
-        let mut limits: SmallVec<[LimitSlot; 2]> = SmallVec::new();
-        let project_limits = record
+        let key_cell = (!key.rate_limits.is_empty() || key.usage_limit.is_some())
+            .then(|| self.cell(format!("k:{}", key.identity_id), &key.identity_id));
+        let project_cell = record
             .project
+            .as_ref()
+            .filter(|p| !p.rate_limits.is_empty())
+            .map(|p| self.cell(format!("p:{}", p.id), ""));
+        // Lock order: by address, the same for every key sharing a cell.
+        let mut locks: SmallVec<[Arc<Cell>; 4]> =
+            key_cell.iter().chain(&project_cell).cloned().collect();
+        locks.sort_by_key(|c| Arc::as_ptr(c) as usize);
+        let position = |cell: &Arc<Cell>| {
+            locks
+                .iter()
+                .position(|c| Arc::ptr_eq(c, cell))
+                .unwrap_or_default()
+        };
+
+        let mut limits: SmallVec<[LimitSlot; 2]> = SmallVec::new();
+        let key_limits = key_cell
             .iter()
-            .flat_map(|p| p.rate_limits.iter().map(move |l| (Some(p.id.as_str()), l)));
-        let key_limits = key.rate_limits.iter().map(|l| (None, l));
-        for (project, l) in key_limits.chain(project_limits) {
+            .flat_map(|c| key.rate_limits.iter().map(move |l| (c, false, l)));
+        let project_limits = project_cell.iter().flat_map(|c| {
+            record
+                .project
+                .iter()
+                .flat_map(move |p| p.rate_limits.iter().map(move |l| (c, true, l)))
+        });
+        for (cell, project, l) in key_limits.chain(project_limits) {
             // Stored limits were validated; one that no longer parses is skipped.
             let Ok(period) = duration::parse(&l.period) else {
                 continue;
             };
-            let scope = match project {
-                Some(p) => format!("p:{p}:{}", l.name),
-                None => format!("k:{}:{}", key.identity_id, l.name),
-            };
-            let cell = Arc::clone(
-                self.rate
-                    .entry(scope)
-                    .or_insert_with(|| Arc::new(Cell::rate()))
-                    .value(),
-            );
             limits.push(LimitSlot {
                 name: SmolStr::new(&l.name),
                 period: l.period.clone(),
-                project: project.is_some(),
+                project,
                 gcra: Gcra::new(l.limit, period),
-                lock: 0,
+                lock: position(cell),
+                index: cell.lock().slot(&l.name),
             });
-            cells.push(cell);
         }
-        let quota = key.usage_limit.as_ref().map(|u| {
-            let refilled_at = key.usage_refilled_at.unwrap_or(key.created_at);
-            let cell = Arc::clone(
-                self.quotas
-                    .entry(key.identity_id.clone())
-                    .or_insert_with(|| {
-                        Arc::new(Cell::quota(
-                            &key.identity_id,
-                            u.remaining,
-                            to_unix_ms(refilled_at),
-                        ))
-                    })
-                    .value(),
-            );
-            cells.push(cell);
-            QuotaSlot {
-                refill: u.refill.clone(),
-                lock: 0,
+        let quota = match (&key_cell, &key.usage_limit) {
+            (Some(cell), Some(u)) => {
+                let mut state = cell.lock();
+                if state.quota.is_none() {
+                    // Not yet in memory: start from the stored (last flushed) value.
+                    let refilled_at = key.usage_refilled_at.unwrap_or(key.created_at);
+                    state.quota = Some(Quota {
+                        remaining: u.remaining,
+                        refilled_at_ms: to_unix_ms(refilled_at),
+                        next_refill: None,
+                        dirty: false,
+                    });
+                }
+                Some(QuotaSlot {
+                    refill: u.refill.clone(),
+                    lock: position(cell),
+                })
             }
-        });
-        // Lock order: by address, the same for every key sharing a cell.
-        let mut order: Vec<usize> = (0..cells.len()).collect();
-        order.sort_by_key(|&i| Arc::as_ptr(&cells[i]) as usize);
-        let mut position = vec![0; cells.len()];
-        for (pos, &i) in order.iter().enumerate() {
-            position[i] = pos;
-        }
-        for (i, slot) in limits.iter_mut().enumerate() {
-            slot.lock = position[i];
-        }
-        let mut quota = quota;
-        if let Some(q) = quota.as_mut() {
-            q.lock = position[limits.len()];
-        }
-        let locks = order.iter().map(|&i| Arc::clone(&cells[i])).collect();
+            _ => None,
+        };
         KeyRules {
             limits,
             quota,
@@ -351,21 +353,38 @@ impl Limits {
         }
     }
 
+    /// The cell of `scope` (`k:{identity}` or `p:{project}`), created empty if new.
+    fn cell(&self, scope: String, identity: &str) -> Arc<Cell> {
+        Arc::clone(
+            self.cells
+                .entry(scope)
+                .or_insert_with(|| Arc::new(Cell::new(identity)))
+                .value(),
+        )
+    }
+
     /// Sets the quota of `identity` to `remaining` (a `PATCH` of `usage_limit`), creating the
     /// counter if needed; returns the update to persist now.
     pub fn reset_quota(&self, identity: &str, remaining: u64, now: OffsetDateTime) -> QuotaUpdate {
         let now_ms = to_unix_ms(now);
-        let cell = Arc::clone(
-            self.quotas
-                .entry(identity.to_owned())
-                .or_insert_with(|| Arc::new(Cell::quota(identity, remaining, now_ms)))
-                .value(),
-        );
-        if let State::Quota(q) = &mut *cell.lock() {
-            q.remaining = remaining;
-            q.refilled_at_ms = now_ms;
-            q.next_refill = None;
+        let cell = self.cell(format!("k:{identity}"), identity);
+        let mut state = cell.lock();
+        match state.quota.as_mut() {
+            Some(q) => {
+                q.remaining = remaining;
+                q.refilled_at_ms = now_ms;
+                q.next_refill = None;
+            }
+            None => {
+                state.quota = Some(Quota {
+                    remaining,
+                    refilled_at_ms: now_ms,
+                    next_refill: None,
+                    dirty: false,
+                });
+            }
         }
+        drop(state);
         QuotaUpdate {
             identity_id: identity.to_owned(),
             remaining,
@@ -375,12 +394,12 @@ impl Limits {
 
     /// The in-memory quota of `identity` (remaining, last refill), if it has been used here.
     pub fn quota_of(&self, identity: &str) -> Option<(u64, OffsetDateTime)> {
-        let cell = Arc::clone(self.quotas.get(identity)?.value());
+        let cell = Arc::clone(self.cells.get(&format!("k:{identity}"))?.value());
         let state = cell.lock();
-        match &*state {
-            State::Quota(q) => Some((q.remaining, from_unix_ms(q.refilled_at_ms))),
-            State::Rate { .. } => None,
-        }
+        state
+            .quota
+            .as_ref()
+            .map(|q| (q.remaining, from_unix_ms(q.refilled_at_ms)))
     }
 
     /// Everything that changed since the last call, marked clean, except last uses that
@@ -396,7 +415,7 @@ impl Limits {
         }
         let mut batch = UsageBatch::default();
         for cell in &cells {
-            if let State::Quota(q) = &mut *cell.lock() {
+            if let Some(q) = cell.lock().quota.as_mut() {
                 q.dirty = false;
                 batch.quotas.push(QuotaUpdate {
                     identity_id: cell.identity.to_string(),
@@ -424,7 +443,7 @@ impl Limits {
     pub fn restore(&self, pending: Pending) {
         for cell in pending.cells {
             let mut state = cell.lock();
-            if let State::Quota(q) = &mut *state {
+            if let Some(q) = state.quota.as_mut() {
                 if !q.dirty {
                     q.dirty = true;
                     lock_vec(&self.dirty_quotas).push(Arc::clone(&cell));
@@ -442,7 +461,13 @@ impl Limits {
 
     /// How many counters exist (rate, quota).
     pub fn len(&self) -> (usize, usize) {
-        (self.rate.len(), self.quotas.len())
+        self.cells.iter().fold((0, 0), |(rate, quota), c| {
+            let state = c.value().lock();
+            (
+                rate + state.tats.len(),
+                quota + usize::from(state.quota.is_some()),
+            )
+        })
     }
 }
 
@@ -455,6 +480,8 @@ struct LimitSlot {
     gcra: Gcra,
     /// Index into `KeyRules::locks`.
     lock: usize,
+    /// Index into that cell's `State::tats`.
+    index: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -572,24 +599,20 @@ impl KeyRules {
         };
         let now_ns = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         let now_ms = to_unix_ms(now);
-        // Inline for up to four cells (two limits, a project limit and a quota): no allocation.
+        // One lock per owner (the key identity, its project): inline, no allocation.
         let mut guards: SmallVec<[MutexGuard<'_, State>; 4]> =
             self.locks.iter().map(|c| c.lock()).collect();
 
-        let tat_of = |state: &State| match state {
-            State::Rate { tat } => *tat,
-            State::Quota(_) => i64::MIN,
-        };
         let mut rate_denied: Option<(usize, i64)> = None;
         for (i, slot) in self.limits.iter().enumerate() {
-            if let Err(retry) = slot.gcra.decide(tat_of(&guards[slot.lock]), now_ns) {
+            if let Err(retry) = slot.gcra.decide(guards[slot.lock].tat(slot.index), now_ns) {
                 rate_denied = Some((i, retry));
                 break;
             }
         }
         let mut quota_left: Option<(u64, bool)> = None;
         if let Some(q) = &self.quota {
-            if let State::Quota(state) = &mut *guards[q.lock] {
+            if let Some(state) = guards[q.lock].quota.as_mut() {
                 quota_left = Some(state.available(q.refill.as_ref(), now_ms));
             }
         }
@@ -599,7 +622,7 @@ impl KeyRules {
 
         if admitted && cost > 0 {
             for slot in &self.limits {
-                if let State::Rate { tat } = &mut *guards[slot.lock] {
+                if let Some((_, tat)) = guards[slot.lock].tats.get_mut(slot.index) {
                     if let Ok(next) = slot.gcra.decide(*tat, now_ns) {
                         *tat = next;
                     }
@@ -607,7 +630,7 @@ impl KeyRules {
             }
         }
         if let (true, Some(q), Some((left, refilled))) = (admitted, &self.quota, quota_left) {
-            if let State::Quota(state) = &mut *guards[q.lock] {
+            if let Some(state) = guards[q.lock].quota.as_mut() {
                 if refilled {
                     state.refilled_at_ms = now_ms;
                     state.next_refill = None;
@@ -622,7 +645,7 @@ impl KeyRules {
         }
 
         for (i, slot) in self.limits.iter().enumerate() {
-            let tat = tat_of(&guards[slot.lock]);
+            let tat = guards[slot.lock].tat(slot.index);
             let denied_here = rate_denied.is_some_and(|(d, _)| d == i);
             out.rate_limits.push(RateLimitState {
                 name: slot.name.clone(),
@@ -636,8 +659,8 @@ impl KeyRules {
             });
         }
         let next_refill = match (&self.quota, quota_left) {
-            (Some(q), Some(_)) => match (&mut *guards[q.lock], &q.refill) {
-                (State::Quota(state), Some(r)) => Some(state.next_refill_ms(r.interval)),
+            (Some(q), Some(_)) => match (guards[q.lock].quota.as_mut(), &q.refill) {
+                (Some(state), Some(r)) => Some(state.next_refill_ms(r.interval)),
                 _ => None,
             },
             _ => None,
