@@ -7,13 +7,11 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::{BodyExt as _, Either};
-use keyward_core::digest::Peppers;
 use keyward_core::model::CreateRootKeyRequest;
 use keyward_core::service::Service;
 use keyward_core::{FakeClock, SystemClock};
 use keyward_server::fast_verify::Dispatch;
 use keyward_server::{router, AppState, Application, Settings};
-use keyward_store::SqliteStore;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,14 +21,8 @@ use tower::ServiceExt as _;
 
 const REQUEST_ID: &str = "x-request-id";
 
-async fn service(dir: &tempfile::TempDir, clock: Arc<dyn keyward_core::Clock>) -> Arc<Service> {
-    let store = SqliteStore::open(&dir.path().join("keyward.db"))
-        .await
-        .expect("open store");
-    store.migrate().await.expect("migrate");
-    let peppers = Peppers::new(vec![(1, [7u8; 32])]).expect("peppers");
-    Arc::new(Service::new(Arc::new(store), clock, Arc::new(peppers)))
-}
+mod support;
+use support::sqlite_service as service;
 
 async fn root_key(service: &Service, permissions: &[&str]) -> String {
     let (_, material) = service

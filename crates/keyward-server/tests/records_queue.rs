@@ -1,27 +1,18 @@
 //! The access-log queue under a burst: a queue that reaches half its capacity is written at
 //! once, so a burst larger than the queue loses nothing while the writer keeps up.
 
-use keyward_core::digest::Peppers;
 use keyward_core::records::{AccessEvent, Recorder as _};
 use keyward_core::verify::Code;
 use keyward_core::{Service, SystemClock};
 use keyward_server::records::{RecordSettings, Records};
-use keyward_store::SqliteStore;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 async fn service(dir: &tempfile::TempDir) -> Arc<Service> {
-    let store = SqliteStore::open(&dir.path().join("keyward.db"))
-        .await
-        .expect("open store");
-    store.migrate().await.expect("migrate");
-    let peppers = Peppers::new(vec![(1, [7u8; 32])]).expect("peppers");
-    Arc::new(Service::new(
-        Arc::new(store),
-        Arc::new(SystemClock),
-        Arc::new(peppers),
-    ))
+    support::sqlite_service(dir, Arc::new(SystemClock)).await
 }
 
 fn event(i: i64) -> AccessEvent {

@@ -1,24 +1,15 @@
 //! The bound server: port 0, real TCP, graceful shutdown that lets requests in flight finish.
 
-use keyward_core::digest::Peppers;
 use keyward_core::{Service, SystemClock};
 use keyward_server::{Application, Settings};
-use keyward_store::SqliteStore;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+mod support;
+
 async fn service(dir: &tempfile::TempDir) -> Arc<Service> {
-    let store = SqliteStore::open(&dir.path().join("keyward.db"))
-        .await
-        .expect("open store");
-    store.migrate().await.expect("migrate");
-    let peppers = Peppers::new(vec![(1, [7u8; 32])]).expect("peppers");
-    Arc::new(Service::new(
-        Arc::new(store),
-        Arc::new(SystemClock),
-        Arc::new(peppers),
-    ))
+    support::sqlite_service(dir, Arc::new(SystemClock)).await
 }
 
 /// Sends one HTTP/1.1 request and reads the whole response (the server closes it).
