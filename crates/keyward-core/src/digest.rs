@@ -33,8 +33,8 @@ struct Pepper {
     /// Kept so the set can be written back out; the hot path uses the keyed states.
     secret: Zeroizing<[u8; 32]>,
     /// SHA-256 states after absorbing `secret ⊕ ipad` and `secret ⊕ opad`: HMAC's key
-    /// schedule, done once. A digest is then two compressions for any key (≤ 55 bytes each),
-    /// with no hasher to copy or buffer to manage on the hot path.
+    /// schedule, done once. A digest is then two compressions for a key of up to 55 bytes (every
+    /// well-formed key), with no hasher to copy or buffer to manage on the hot path.
     inner: Zeroizing<[u32; 8]>,
     outer: Zeroizing<[u32; 8]>,
 }

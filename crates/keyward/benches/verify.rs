@@ -402,30 +402,19 @@ fn bench_cached(
     // and that difference in memory layout alone moves the figures by tens of ns.
     let with_rules = f.fill_rule_keys(HOT_KEYS, true);
     let without_rules = f.fill_rule_keys(HOT_KEYS, false);
-    assert_eq!(
-        f.verify(rt, &without_rules[0]).code,
-        Code::Valid,
-        "sanity check"
-    );
-    g.bench_function("hot_without_rules", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % without_rules.len();
-            black_box(f.verify(rt, &without_rules[i]))
+    for (name, set) in [
+        ("hot_without_rules", &without_rules),
+        ("hot_with_rules", &with_rules),
+    ] {
+        assert_eq!(f.verify(rt, &set[0]).code, Code::Valid, "sanity check");
+        g.bench_function(name, |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % set.len();
+                black_box(f.verify(rt, &set[i]))
+            });
         });
-    });
-    assert_eq!(
-        f.verify(rt, &with_rules[0]).code,
-        Code::Valid,
-        "sanity check"
-    );
-    g.bench_function("hot_with_rules", |b| {
-        let mut i = 0;
-        b.iter(|| {
-            i = (i + 1) % with_rules.len();
-            black_box(f.verify(rt, &with_rules[i]))
-        });
-    });
+    }
     g.measurement_time(Duration::from_secs(5));
     g.bench_function("unknown_first_seen_hits_sqlite", |b| {
         b.iter_batched(
