@@ -173,18 +173,8 @@ impl Service {
     /// Resolves a bearer token to the actor of a live root key. `None` for anything else
     /// (malformed, not a root key, unknown, revoked): the caller answers 401 for all alike.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Arc<Actor>>, Error> {
-        let Ok(parsed) = keyfmt::parse(token) else {
-            return Ok(None);
-        };
-        if parsed.prefix != keyfmt::ROOT_PREFIX {
-            return Ok(None);
-        }
-        let current = self.peppers.digest(token);
-        if let Some(actor) = self.root_cache.get(&current.bytes) {
-            return Ok(Some(Arc::clone(actor.value())));
-        }
-        if self.misses.contains(&current.bytes) {
-            return Ok(None);
+        if let Some(known) = self.authenticate_cached(token) {
+            return Ok(known);
         }
         let epoch = self.root_epoch.load(Ordering::SeqCst);
         for candidate in self.peppers.candidates(token) {
@@ -209,8 +199,27 @@ impl Service {
             }
             return Ok(Some(actor));
         }
-        self.misses.insert(current.bytes);
+        self.misses.insert(self.peppers.digest(token).bytes);
         Ok(None)
+    }
+
+    /// [`Service::authenticate`] from memory alone: `None` when the store must be asked (a
+    /// well-formed root key neither cached nor known to be unknown), otherwise its answer.
+    pub fn authenticate_cached(&self, token: &str) -> Option<Option<Arc<Actor>>> {
+        let Ok(parsed) = keyfmt::parse(token) else {
+            return Some(None);
+        };
+        if parsed.prefix != keyfmt::ROOT_PREFIX {
+            return Some(None);
+        }
+        let current = self.peppers.digest(token);
+        if let Some(actor) = self.root_cache.get(&current.bytes) {
+            return Some(Some(Arc::clone(actor.value())));
+        }
+        if self.misses.contains(&current.bytes) {
+            return Some(None);
+        }
+        None
     }
 
     /// Creates a root key in the workspace named `workspace_name`, creating the workspace if

@@ -47,16 +47,36 @@ pub(crate) async fn authenticate(
     service: &Service,
     headers: &HeaderMap,
 ) -> Result<Arc<Actor>, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .ok_or_else(ApiError::unauthorized)?;
+    let token = presented_token(headers)?;
     // The service caches known root keys, so this is a map lookup on the hot path.
     match service.authenticate(token).await? {
         Some(actor) => Ok(actor),
         None => Err(ApiError::unauthorized()),
     }
+}
+
+/// [`authenticate`] without waiting: `None` when the answer needs the store (a root key not
+/// yet cached), otherwise what [`authenticate`] would answer.
+pub(crate) fn authenticate_cached(
+    service: &Service,
+    headers: &HeaderMap,
+) -> Option<Result<Arc<Actor>, ApiError>> {
+    let token = match presented_token(headers) {
+        Ok(token) => token,
+        Err(e) => return Some(Err(e)),
+    };
+    service
+        .authenticate_cached(token)
+        .map(|actor| actor.ok_or_else(ApiError::unauthorized))
+}
+
+/// The bearer token of the `Authorization` header, or `401`.
+fn presented_token(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .ok_or_else(ApiError::unauthorized)
 }
 
 /// The credentials of a `Bearer` authorization (scheme is case-insensitive, RFC 9110).

@@ -16,6 +16,8 @@ use utoipa::ToSchema;
 
 /// The header a request id is read from and echoed in.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// [`REQUEST_ID_HEADER`] as a header name, for inserting without parsing (and allocating) it.
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
 
 const PROBLEM_JSON: &str = "application/problem+json";
 

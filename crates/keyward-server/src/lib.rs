@@ -187,18 +187,34 @@ pub(crate) fn on_response<B>(
     latency: std::time::Duration,
     _: &tracing::Span,
 ) {
+    on_response_with(res, || latency);
+}
+
+/// [`on_response`] with the latency computed only when the line is written.
+pub(crate) fn on_response_with<B>(
+    res: &axum::response::Response<B>,
+    latency: impl Fn() -> std::time::Duration,
+) {
+    // Field values are evaluated only when the event is enabled.
     let status = res.status().as_u16();
-    let latency_us = latency.as_micros() as u64;
     if res.status().is_success() {
-        tracing::debug!(status, latency_us, "response");
+        tracing::debug!(
+            status,
+            latency_us = latency().as_micros() as u64,
+            "response"
+        );
     } else {
         // The request id is on the response by now; the verify route's span may be disabled.
-        let request_id = res
-            .headers()
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        tracing::info!(status, latency_us, request_id, "response");
+        tracing::info!(
+            status,
+            latency_us = latency().as_micros() as u64,
+            request_id = res
+                .headers()
+                .get(REQUEST_ID_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            "response"
+        );
     }
 }
 
@@ -219,10 +235,18 @@ impl SequentialRequestId {
         }
     }
 
-    /// The next id, as the `x-request-id` header value.
+    /// The next id, as the `x-request-id` header value: `{prefix}-{counter in hex}`, written
+    /// into one exactly sized buffer (one allocation, which the header value keeps).
     pub(crate) fn next_id(&self) -> Option<HeaderValue> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("{}-{n:x}", self.prefix)).ok()
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        let mut id = Vec::with_capacity(self.prefix.len() + 1 + digits);
+        id.extend_from_slice(self.prefix.as_bytes());
+        id.push(b'-');
+        for i in (0..digits).rev() {
+            id.push(b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize]);
+        }
+        HeaderValue::from_maybe_shared(axum::body::Bytes::from(id)).ok()
     }
 }
 
@@ -340,6 +364,28 @@ pub(crate) mod tests {
     use axum::routing::get;
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
+
+    #[test]
+    fn request_ids_are_the_prefix_and_the_counter_in_hex() {
+        let ids = SequentialRequestId::new();
+        for n in [
+            0u64,
+            1,
+            9,
+            10,
+            15,
+            16,
+            255,
+            256,
+            0xabc_def,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            ids.next.store(n, Ordering::Relaxed);
+            let id = ids.next_id().expect("a valid header value");
+            assert_eq!(id.as_bytes(), format!("{}-{n:x}", ids.prefix).as_bytes());
+        }
+    }
 
     /// The generic `500` problem every panic becomes (shared by the router's and the fast
     /// path's tests).
