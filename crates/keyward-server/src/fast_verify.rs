@@ -31,7 +31,7 @@ use crate::{auth, extract, AppState, SequentialRequestId};
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse as _;
 use axum::Router;
-use futures_util::FutureExt as _;
+use futures_util::{future, FutureExt as _};
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::{Either, Full};
@@ -40,6 +40,8 @@ use keyward_core::model::VerifyRequest;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 use tower::ServiceExt as _;
 use tower_http::classify::ServerErrorsFailureClass;
@@ -75,25 +77,28 @@ impl Dispatch {
 
     /// Answers one request. `peer` (the socket's, when there is one) becomes the router's
     /// `ConnectInfo<SocketAddr>`, which the audit log reads; verify does not need it.
-    pub async fn call<B>(
+    ///
+    /// A plain function choosing between two futures, so that the fast path's future is not
+    /// wrapped (and copied) once more.
+    pub fn call<B>(
         &self,
         mut req: Request<B>,
         peer: Option<SocketAddr>,
-    ) -> Response<DispatchBody>
+    ) -> impl Future<Output = Response<DispatchBody>> + '_
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
         if req.method() == Method::POST && req.uri().path() == PATH {
-            return self.verify.call(req).await;
+            return future::Either::Left(self.verify.call(req));
         }
         if let Some(peer) = peer {
             req.extensions_mut().insert(ConnectInfo(peer));
         }
-        match self.router.clone().oneshot(req).await {
+        future::Either::Right(self.router.clone().oneshot(req).map(|res| match res {
             Ok(res) => res.map(Either::Right),
             Err(never) => match never {},
-        }
+        }))
     }
 }
 
@@ -137,12 +142,16 @@ impl FastVerify {
     /// The body-limit layer, then `routes::keys::verify_key` with its extractors in their
     /// order: authenticate, query, JSON body, one service call. `Err` is an error response
     /// not yet rendered (its [`ApiError`] is in the extensions).
-    async fn verify<B>(
+    ///
+    /// What needs the request head (body limit, root key, query, content type) is read
+    /// here, before the future is made, so that the future keeps none of the head; errors
+    /// are still reported in the router's order. None of it can panic.
+    fn verify<B>(
         &self,
         req: Request<B>,
-    ) -> Result<Response<Full<Bytes>>, axum::response::Response>
+    ) -> impl Future<Output = Result<Response<Full<Bytes>>, axum::response::Response>> + '_
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let (parts, body) = req.into_parts();
@@ -151,41 +160,37 @@ impl FastVerify {
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > self.state.body_limit) {
-            return Err(ApiError::payload_too_large().into_response());
+        let too_large = declared.is_some_and(|len| len > self.state.body_limit);
+        let head = (!too_large).then(|| Head::read(&self.state, &parts));
+        drop(parts);
+        async move {
+            let Some(head) = head else {
+                return Err(ApiError::payload_too_large().into_response());
+            };
+            self.verify_key(head, body).await.map_err(|e| {
+                let mut res = e.into_response();
+                // Security: as the `/v1` layer, no cache keeps an answer about a key.
+                res.headers_mut()
+                    .entry(CACHE_CONTROL)
+                    .or_insert(HeaderValue::from_static("no-store"));
+                res
+            })
         }
-        self.verify_key(parts, body).await.map_err(|e| {
-            let mut res = e.into_response();
-            // Security: as the `/v1` layer, no cache keeps an answer about a key.
-            res.headers_mut()
-                .entry(CACHE_CONTROL)
-                .or_insert(HeaderValue::from_static("no-store"));
-            res
-        })
     }
 
-    /// `routes::keys::verify_key`. `parts` is dropped before the body is awaited, so the
-    /// future does not keep it.
-    async fn verify_key<B>(
-        &self,
-        parts: http::request::Parts,
-        body: B,
-    ) -> Result<Response<Full<Bytes>>, ApiError>
+    /// `routes::keys::verify_key`, from what [`Head::read`] took from the request head.
+    async fn verify_key<B>(&self, head: Head, body: B) -> Result<Response<Full<Bytes>>, ApiError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
     {
         let state = &self.state;
-        // Verify changes nothing, so the actor needs no audit copy (request id, peer ip).
-        // A root key not yet cached is looked up in the store, in a boxed future: the
-        // common case does not carry that future's size.
-        let actor = match auth::authenticate_cached(&state.service, &parts.headers) {
-            Some(known) => known?,
-            None => Box::pin(auth::authenticate(&state.service, &parts.headers)).await?,
+        let actor = match head.actor {
+            Actor::Known(known) => known?,
+            Actor::Lookup(lookup) => lookup.await?,
         };
-        let query: VerifyQuery = extract::parse_query(&parts.uri)?;
-        extract::require_json(&parts.headers)?;
-        drop(parts);
+        let query = head.query?;
+        head.json?;
         let bytes = extract::read_body(body, state.body_limit).await?;
         let req: VerifyRequest = extract::parse_json(&bytes)?;
         drop(bytes);
@@ -206,6 +211,44 @@ impl FastVerify {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(res)
+    }
+}
+
+/// What verify needs from the request head, read before its future is made: each extractor's
+/// outcome, reported later in the router's order (authentication first).
+struct Head {
+    actor: Actor,
+    query: Result<VerifyQuery, ApiError>,
+    json: Result<(), ApiError>,
+}
+
+/// The caller, known from the root-key cache, or still to be looked up in the store (in a
+/// boxed future: the common case does not carry that future's size).
+enum Actor {
+    Known(Result<Arc<keyward_core::service::Actor>, ApiError>),
+    Lookup(
+        Pin<Box<dyn Future<Output = Result<Arc<keyward_core::service::Actor>, ApiError>> + Send>>,
+    ),
+}
+
+impl Head {
+    fn read(state: &AppState, parts: &http::request::Parts) -> Self {
+        // Verify changes nothing, so the actor needs no audit copy (request id, peer ip).
+        let actor = match auth::authenticate_cached(&state.service, &parts.headers) {
+            Some(known) => Actor::Known(known),
+            None => {
+                let service = Arc::clone(&state.service);
+                let headers = parts.headers.clone();
+                Actor::Lookup(Box::pin(async move {
+                    auth::authenticate(&service, &headers).await
+                }))
+            }
+        };
+        Self {
+            actor,
+            query: extract::parse_query(&parts.uri),
+            json: extract::require_json(&parts.headers),
+        }
     }
 }
 
