@@ -1,0 +1,53 @@
+#!/bin/bash
+# usage: bench/ab-verify.sh ROUNDS KW_BIN [KW_BIN_B]
+#
+# HTTP verify A/B on a noisy machine: per round, the bare hyper baseline (hello-post) and each
+# keyward binary in turn, back to back, so that all of them see the same minutes. Each runs
+# pinned to CPU 1 (`--workers 1`) under wrk on CPU 0 for 12 s (the first 3 s are warm-up);
+# prints req/s and the server's user, system and total CPU time per request over 6 s of it,
+# read from /proc/PID/stat.
+#
+# Needs the shared harness's build and seed (see README.md): HELLO (default
+# $BENCH_WORK/target/release/hello, BENCH_WORK=/root/kw-bench) and SEED (default
+# /dev/shm/kw-bench-seed, made by bench_seed).
+set -u
+rounds=${1:?rounds}; shift
+[ $# -ge 1 ] || { echo "usage: $0 ROUNDS KW_BIN [KW_BIN_B]" >&2; exit 2; }
+BENCH_WORK="${BENCH_WORK:-/root/kw-bench}"
+HELLO="${HELLO:-$BENCH_WORK/target/release/hello}"
+SEED="${SEED:-/dev/shm/kw-bench-seed}"
+PORT="${PORT:-18140}"
+LUA=/work/shared/bench/load/keys.lua
+
+run() { # name, command...
+    local name=$1; shift
+    taskset -c 1 "$@" >/dev/null 2>&1 &
+    local pid=$!
+    for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+    taskset -c 0 wrk -t1 -c32 -d12s -s "$LUA" "http://127.0.0.1:$PORT$LOAD_PATH" >/tmp/ab-verify.wrk 2>&1 &
+    local w=$!
+    sleep 3
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    sleep 6
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    wait $w
+    kill "$pid"; wait "$pid" 2>/dev/null
+    local rps; rps=$(awk '/Requests\/sec/ {print $2}' /tmp/ab-verify.wrk)
+    python3 -c "
+rps = float('$rps'); n = rps * 6; tick = 1e6 / 100   # clock ticks of 10 ms
+print('%-12s req/s %8.0f  user %5.2f us  sys %5.2f us  total %5.2f us' % (
+    '$name', rps, ($u1 - $u0) * tick / n, ($s1 - $s0) * tick / n, ($u1 - $u0 + $s1 - $s0) * tick / n))"
+}
+
+export KEYS_FILE="$SEED/load_keys.txt" LOAD_MODE=json LOAD_AUTH
+LOAD_AUTH="$(cat "$SEED/root_key.txt")"
+for r in $(seq "$rounds"); do
+    echo "round $r"
+    LOAD_PATH=/v1/verify run hello-post "$HELLO" "127.0.0.1:$PORT"
+    i=0
+    for bin in "$@"; do
+        i=$((i + 1))
+        LOAD_PATH=/v1/keys/verify run "keyward-$i" env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE \
+            -u KEYWARD_PEPPER_FILE "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$SEED" --workers 1
+    done
+done
