@@ -17,7 +17,7 @@
 //! | `render_problems` | the same code (`crate::error::render_problem`) on every error response |
 //! | `CatchPanicLayer` | `catch_unwind` → `crate::on_panic`'s generic `500` |
 //! | `RequestBodyLimitLayer` | a declared `Content-Length` over the limit → `413` before anything else |
-//! | `Auth`, `Query<VerifyQuery>`, `Json<VerifyRequest>` | `auth::authenticate`, `extract::parse_query`, `extract::require_json`, `extract::read_body`, `extract::parse_json` |
+//! | `Auth`, `Query<VerifyQuery>`, `Json<VerifyRequest>` | `auth::authenticate_cached` (a root key not cached: `auth::authenticate`), `extract::parse_query`, `extract::require_json`, `extract::read_body`, `extract::parse_json` |
 //! | `/v1` `Cache-Control: no-store` layer | on the verdict and on the handler's errors (not on the body-limit `413` or the panic `500`, which the router makes outside that layer) |
 //!
 //! `SetSensitiveRequestHeadersLayer` has no counterpart: it only marks headers for loggers,
@@ -115,7 +115,8 @@ impl FastVerify {
     /// Speed: hyper keeps this future for the life of the request and it is moved on the
     /// way there, so it is kept to one copy of each part: a plain function that does the
     /// synchronous prelude and returns combinators, rather than nested `async fn`s, which
-    /// store a future passed as an argument twice (measured: 4.2 KB per request before).
+    /// store a future passed as an argument twice (4.2 KB per request before, in a release
+    /// build; see `tests/fast_verify.rs::the_future_of_a_request_stays_small`).
     fn call<B>(&self, req: Request<B>) -> impl Future<Output = Response<DispatchBody>> + '_
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -185,9 +186,9 @@ impl FastVerify {
         B::Error: Into<axum::BoxError>,
     {
         let state = &self.state;
-        let actor = match head.actor {
-            Actor::Known(known) => known?,
-            Actor::Lookup(lookup) => lookup.await?,
+        let actor = match head.caller {
+            Caller::Known(known) => known?,
+            Caller::Lookup(lookup) => lookup.await?,
         };
         let query = head.query?;
         head.json?;
@@ -217,14 +218,14 @@ impl FastVerify {
 /// What verify needs from the request head, read before its future is made: each extractor's
 /// outcome, reported later in the router's order (authentication first).
 struct Head {
-    actor: Actor,
+    caller: Caller,
     query: Result<VerifyQuery, ApiError>,
     json: Result<(), ApiError>,
 }
 
 /// The caller, known from the root-key cache, or still to be looked up in the store (in a
 /// boxed future: the common case does not carry that future's size).
-enum Actor {
+enum Caller {
     Known(Result<Arc<keyward_core::service::Actor>, ApiError>),
     Lookup(
         Pin<Box<dyn Future<Output = Result<Arc<keyward_core::service::Actor>, ApiError>> + Send>>,
@@ -234,18 +235,18 @@ enum Actor {
 impl Head {
     fn read(state: &AppState, parts: &http::request::Parts) -> Self {
         // Verify changes nothing, so the actor needs no audit copy (request id, peer ip).
-        let actor = match auth::authenticate_cached(&state.service, &parts.headers) {
-            Some(known) => Actor::Known(known),
+        let caller = match auth::authenticate_cached(&state.service, &parts.headers) {
+            Some(known) => Caller::Known(known),
             None => {
                 let service = Arc::clone(&state.service);
                 let headers = parts.headers.clone();
-                Actor::Lookup(Box::pin(async move {
+                Caller::Lookup(Box::pin(async move {
                     auth::authenticate(&service, &headers).await
                 }))
             }
         };
         Self {
-            actor,
+            caller,
             query: extract::parse_query(&parts.uri),
             json: extract::require_json(&parts.headers),
         }
