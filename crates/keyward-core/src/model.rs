@@ -491,6 +491,34 @@ pub struct VerifyRequest {
     pub path: Option<String>,
 }
 
+/// A verify request's fields, borrowed: what the service checks once the permission
+/// expression is parsed. [`VerifyRequest::input`] makes one from a request body; the gateway
+/// makes one from the proxied request without copying any of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyInput<'a> {
+    pub key: crate::secret::KeyRef<'a>,
+    pub api_id: Option<&'a str>,
+    pub cost: Option<u64>,
+    pub ip: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+}
+
+impl VerifyRequest {
+    pub fn input(&self) -> VerifyInput<'_> {
+        VerifyInput {
+            key: self.key.as_key_ref(),
+            api_id: self.api_id.as_deref(),
+            cost: self.cost,
+            ip: self.ip.as_deref(),
+            origin: self.origin.as_deref(),
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+        }
+    }
+}
+
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
 fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
 where

@@ -34,6 +34,34 @@ impl fmt::Display for KeyMaterial {
     }
 }
 
+/// A presented key borrowed from where it arrived (a request header the gateway proxies),
+/// redacted like [`KeyMaterial`]: `expose` is the only way to its characters.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyRef<'a>(&'a str);
+
+impl<'a> KeyRef<'a> {
+    pub fn new(s: &'a str) -> Self {
+        Self(s)
+    }
+
+    pub fn expose(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl fmt::Debug for KeyRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyRef(<redacted>)")
+    }
+}
+
+impl KeyMaterial {
+    /// Borrows the key as a [`KeyRef`].
+    pub fn as_key_ref(&self) -> KeyRef<'_> {
+        KeyRef(&self.0)
+    }
+}
+
 /// Keys arrive in request bodies, so they deserialize; they never serialize.
 impl<'de> serde::Deserialize<'de> for KeyMaterial {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -52,5 +80,19 @@ mod tests {
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(shown.contains("redacted"));
         assert_eq!(k.expose(), "orders_supersecretvalue123");
+    }
+
+    #[test]
+    fn a_borrowed_key_and_the_verify_input_holding_it_never_print_it() {
+        let k = KeyMaterial::new("orders_supersecretvalue123".to_owned());
+        let input = crate::model::VerifyInput {
+            key: k.as_key_ref(),
+            path: Some("/v1/orders"),
+            ..Default::default()
+        };
+        let shown = format!("{:?} {input:?} {input:#?}", k.as_key_ref());
+        assert!(!shown.contains("supersecret"), "{shown}");
+        assert!(shown.contains("redacted") && shown.contains("/v1/orders"));
+        assert_eq!(input.key.expose(), "orders_supersecretvalue123");
     }
 }

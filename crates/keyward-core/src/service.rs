@@ -7,7 +7,8 @@ use crate::error::{Error, Kind, StoreError};
 use crate::model::{
     Api, CreateApiRequest, CreateKeyRequest, CreateProjectRequest, CreateRootKeyRequest, Key,
     KeyFilter, KeyState, Listing, Meta, Page, Project, RateLimit, RootKey, RotateKeyRequest,
-    UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyRequest,
+    UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyInput,
+    VerifyRequest,
 };
 use crate::records::{
     AccessEvent, AuditEntry, AuditFilter, AuditRecord, Recorder, RequestAttrs, UsageQuery,
@@ -928,16 +929,17 @@ impl Service {
             })?),
             None => None,
         };
-        self.verify_parsed(actor, req, expr.as_ref(), explain).await
+        self.verify_parsed(actor, &req.input(), expr.as_ref(), explain)
+            .await
     }
 
-    /// [`Service::verify`] with the permission expression already parsed (`req.permissions`
-    /// is ignored), for callers that check the same expression on every request (the
-    /// gateway parses each route's once, at load).
+    /// [`Service::verify`] of a borrowed request, with the permission expression already
+    /// parsed, for callers that check the same expression on every request (the gateway
+    /// parses each route's once, at load, and copies nothing of the proxied request).
     pub async fn verify_parsed(
         &self,
         actor: &Actor,
-        req: &VerifyRequest,
+        req: &VerifyInput<'_>,
         expr: Option<&perm::Expr>,
         explain: bool,
     ) -> Result<VerifyResponse, Error> {
@@ -952,13 +954,13 @@ impl Service {
     async fn decide(
         &self,
         actor: &Actor,
-        req: &VerifyRequest,
+        req: &VerifyInput<'_>,
         expr: Option<&perm::Expr>,
         explain: bool,
         now: OffsetDateTime,
     ) -> Result<VerifyResponse, Error> {
         actor.require_any("keys.verify")?;
-        if let Some(api_id) = req.api_id.as_deref() {
+        if let Some(api_id) = req.api_id {
             actor.require("keys.verify", Some(api_id))?;
         }
         let token = req.key.expose();
@@ -978,7 +980,7 @@ impl Service {
         // Security: keys of other workspaces, other apis or apis outside the caller's scope
         // are indistinguishable from unknown keys.
         if *key.workspace_id != *actor.workspace_id
-            || req.api_id.as_deref().is_some_and(|a| a != key.api_id)
+            || req.api_id.is_some_and(|a| a != key.api_id)
             || !actor.allows("keys.verify", Some(&key.api_id))
         {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
@@ -993,14 +995,14 @@ impl Service {
     fn apply_rules(
         &self,
         cached: &CachedKey,
-        req: &VerifyRequest,
+        req: &VerifyInput<'_>,
         now: OffsetDateTime,
         resp: &mut VerifyResponse,
     ) {
         if matches!(resp.code, Code::Revoked | Code::Disabled | Code::Expired) {
             return;
         }
-        cached.rules.touch(&self.limits, now, req.ip.as_deref());
+        cached.rules.touch(&self.limits, now, req.ip);
         if resp.code != Code::Valid {
             return;
         }
@@ -1213,7 +1215,7 @@ impl Service {
     fn record(
         &self,
         actor: &Actor,
-        req: &VerifyRequest,
+        req: &VerifyInput<'_>,
         verdict: &VerifyResponse,
         now: OffsetDateTime,
     ) {
@@ -1224,15 +1226,11 @@ impl Service {
             req.ip.is_some() || req.method.is_some() || req.path.is_some() || req.origin.is_some();
         let attrs = has_attrs.then(|| {
             Box::new(RequestAttrs {
-                ip: recorded(req.ip.as_deref()),
-                method: recorded(req.method.as_deref()),
+                ip: recorded(req.ip),
+                method: recorded(req.method),
                 // Security: a query string may carry a credential (`?api_key=…`); keep the path.
-                path: recorded(
-                    req.path
-                        .as_deref()
-                        .map(|p| p.split('?').next().unwrap_or(p)),
-                ),
-                origin: recorded(req.origin.as_deref()),
+                path: recorded(req.path.map(|p| p.split('?').next().unwrap_or(p))),
+                origin: recorded(req.origin),
             })
         });
         recorder.record(AccessEvent {
@@ -1241,7 +1239,7 @@ impl Service {
             key: verdict.key.clone(),
             api_id: match verdict.key {
                 Some(_) => None,
-                None => req.api_id.as_deref().map(Box::from),
+                None => req.api_id.map(Box::from),
             },
             code: verdict.code,
             attrs,

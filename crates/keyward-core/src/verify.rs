@@ -3,7 +3,7 @@
 //! Checks run in the order of [`Code`]'s declaration (after `Valid`); limits and quota are
 //! charged only when every earlier check passed.
 
-use crate::model::{KeyState, Meta, Restrictions, VerifyRecord, VerifyRequest};
+use crate::model::{KeyState, Meta, Restrictions, VerifyInput, VerifyRecord};
 use crate::perm::Expr;
 use dashmap::DashMap;
 use ipnet::IpNet;
@@ -529,7 +529,7 @@ impl KeyCache {
 /// failure. Nothing is allocated on the way to VALID except the response itself.
 pub fn evaluate(
     key: &CachedKey,
-    req: &VerifyRequest,
+    req: &VerifyInput<'_>,
     expr: Option<&Expr>,
     now: OffsetDateTime,
     explain: bool,
@@ -653,17 +653,17 @@ enum Failed {
 }
 
 impl Failed {
-    fn reason(self, req: &VerifyRequest) -> String {
+    fn reason(self, req: &VerifyInput<'_>) -> String {
         match self {
             Failed::Missing(field) => {
                 format!("key is restricted by {field}, but the request has no {field}")
             }
             Failed::NoMatch(field) => {
                 let value = match field {
-                    "ip" => req.ip.as_deref(),
-                    "origin" => req.origin.as_deref(),
-                    "method" => req.method.as_deref(),
-                    _ => req.path.as_deref(),
+                    "ip" => req.ip,
+                    "origin" => req.origin,
+                    "method" => req.method,
+                    _ => req.path,
                 }
                 .unwrap_or_default();
                 format!("{field} {value:?} is not allowed for this key")
@@ -673,10 +673,10 @@ impl Failed {
 }
 
 /// The first restriction the request fails, if any. Allocates nothing.
-fn check_restrictions(key: &CachedKey, req: &VerifyRequest) -> Option<Failed> {
+fn check_restrictions(key: &CachedKey, req: &VerifyInput<'_>) -> Option<Failed> {
     let r = key.record.key.restrictions.as_ref()?;
     if let Some(nets) = &key.ips {
-        let Some(ip) = req.ip.as_deref() else {
+        let Some(ip) = req.ip else {
             return Some(Failed::Missing("ip"));
         };
         // An unparsable request ip matches nothing. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) also
@@ -691,7 +691,7 @@ fn check_restrictions(key: &CachedKey, req: &VerifyRequest) -> Option<Failed> {
         }
     }
     if let Some(origins) = &r.origins {
-        let Some(origin) = req.origin.as_deref() else {
+        let Some(origin) = req.origin else {
             return Some(Failed::Missing("origin"));
         };
         if !origins.iter().any(|o| o == origin) {
@@ -699,7 +699,7 @@ fn check_restrictions(key: &CachedKey, req: &VerifyRequest) -> Option<Failed> {
         }
     }
     if let Some(methods) = &r.methods {
-        let Some(method) = req.method.as_deref() else {
+        let Some(method) = req.method else {
             return Some(Failed::Missing("method"));
         };
         if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
@@ -707,7 +707,7 @@ fn check_restrictions(key: &CachedKey, req: &VerifyRequest) -> Option<Failed> {
         }
     }
     if let Some(paths) = &r.paths {
-        let Some(path) = req.path.as_deref() else {
+        let Some(path) = req.path else {
             return Some(Failed::Missing("path"));
         };
         if !paths.iter().any(|p| glob_match(p, path)) {
@@ -905,7 +905,7 @@ pub fn validate_restrictions(r: &Restrictions) -> Result<(), (String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Api, ApiPolicies, DigestVersion, Key, KeyDigest, Project};
+    use crate::model::{Api, ApiPolicies, DigestVersion, Key, KeyDigest, Project, VerifyRequest};
     use crate::secret::KeyMaterial;
     use std::collections::BTreeMap;
     use time::macros::datetime;
@@ -1002,7 +1002,7 @@ mod tests {
     #[test]
     fn valid_key_returns_its_details() {
         let k = CachedKey::new(record(1, "api_1", "prj_1"));
-        let resp = evaluate(&k, &request(), None, NOW, false);
+        let resp = evaluate(&k, &request().input(), None, NOW, false);
         assert!(resp.valid);
         assert_eq!(resp.code, Code::Valid);
         assert_eq!(resp.key_id(), Some("key_1"));
@@ -1027,7 +1027,14 @@ mod tests {
         let expr = crate::perm::parse("admin").expect("valid");
         let req = request();
         let code = |rec: &VerifyRecord| {
-            evaluate(&CachedKey::new(rec.clone()), &req, Some(&expr), NOW, false).code
+            evaluate(
+                &CachedKey::new(rec.clone()),
+                &req.input(),
+                Some(&expr),
+                NOW,
+                false,
+            )
+            .code
         };
         assert_eq!(code(&rec), Code::Revoked);
         rec.key.state = KeyState::Disabled;
@@ -1055,7 +1062,7 @@ mod tests {
         bare_rec.project = None;
         let bare = CachedKey::new(bare_rec);
         let expr = crate::perm::parse("admin").expect("valid");
-        let mut limited = evaluate(&with_all, &request(), None, NOW, false);
+        let mut limited = evaluate(&with_all, &request().input(), None, NOW, false);
         limited.usage = Some(UsageState { remaining: 7 });
         limited.rate_limits = vec![RateLimitState {
             name: "per-second".into(),
@@ -1066,9 +1073,9 @@ mod tests {
         let cases = [
             VerifyResponse::bare(Code::NotFound),
             VerifyResponse::bare(Code::Malformed),
-            evaluate(&with_all, &request(), None, NOW, false),
-            evaluate(&with_all, &request(), Some(&expr), NOW, true),
-            evaluate(&bare, &request(), None, NOW, true),
+            evaluate(&with_all, &request().input(), None, NOW, false),
+            evaluate(&with_all, &request().input(), Some(&expr), NOW, true),
+            evaluate(&bare, &request().input(), None, NOW, true),
             limited,
         ];
         for resp in cases {
@@ -1084,7 +1091,7 @@ mod tests {
     fn denials_after_lookup_still_carry_key_details() {
         let mut rec = record(1, "api_1", "prj_1");
         rec.key.state = KeyState::Disabled;
-        let resp = evaluate(&CachedKey::new(rec), &request(), None, NOW, false);
+        let resp = evaluate(&CachedKey::new(rec), &request().input(), None, NOW, false);
         assert!(!resp.valid);
         assert_eq!(resp.code, Code::Disabled);
         assert_eq!(resp.key_id(), Some("key_1"));
@@ -1095,7 +1102,7 @@ mod tests {
     fn explain_lists_each_check_and_stops_at_the_first_failure() {
         let k = CachedKey::new(record(1, "api_1", "prj_1"));
         let expr = crate::perm::parse("orders.read AND (admin OR support)").expect("valid");
-        let resp = evaluate(&k, &request(), Some(&expr), NOW, true);
+        let resp = evaluate(&k, &request().input(), Some(&expr), NOW, true);
         assert_eq!(resp.code, Code::InsufficientPermissions);
         let steps = resp.explain.expect("explained");
         let names: Vec<&str> = steps.iter().map(|s| s.check.as_str()).collect();
@@ -1118,7 +1125,7 @@ mod tests {
 
         let mut rec = record(1, "api_1", "prj_1");
         rec.key.expires_at = Some(datetime!(2024-12-31 00:00 UTC));
-        let resp = evaluate(&CachedKey::new(rec), &request(), None, NOW, true);
+        let resp = evaluate(&CachedKey::new(rec), &request().input(), None, NOW, true);
         let steps = resp.explain.expect("explained");
         assert_eq!(steps.len(), 5);
         let last = steps.last().expect("non-empty");
@@ -1137,7 +1144,7 @@ mod tests {
             origins: Some(vec!["https://app.example.com".to_owned()]),
             ..Restrictions::default()
         });
-        let resp = evaluate(&k, &request(), None, NOW, true);
+        let resp = evaluate(&k, &request().input(), None, NOW, true);
         assert_eq!(resp.code, Code::Forbidden);
         let last = resp
             .explain
@@ -1147,9 +1154,15 @@ mod tests {
 
         let mut req = request();
         req.origin = Some("https://app.example.com".to_owned());
-        assert_eq!(evaluate(&k, &req, None, NOW, false).code, Code::Valid);
+        assert_eq!(
+            evaluate(&k, &req.input(), None, NOW, false).code,
+            Code::Valid
+        );
         req.origin = Some("https://evil.example.com".to_owned());
-        assert_eq!(evaluate(&k, &req, None, NOW, false).code, Code::Forbidden);
+        assert_eq!(
+            evaluate(&k, &req.input(), None, NOW, false).code,
+            Code::Forbidden
+        );
     }
 
     #[test]
@@ -1166,7 +1179,7 @@ mod tests {
         let code = |ip: &str| {
             let mut req = request();
             req.ip = Some(ip.to_owned());
-            evaluate(&k, &req, None, NOW, false).code
+            evaluate(&k, &req.input(), None, NOW, false).code
         };
         for ok in [
             "10.1.2.3",
@@ -1197,7 +1210,10 @@ mod tests {
         });
         let mut req = request();
         req.ip = Some("10.0.0.1".to_owned());
-        assert_eq!(evaluate(&k, &req, None, NOW, false).code, Code::Forbidden);
+        assert_eq!(
+            evaluate(&k, &req.input(), None, NOW, false).code,
+            Code::Forbidden
+        );
     }
 
     #[test]
@@ -1211,7 +1227,7 @@ mod tests {
             let mut req = request();
             req.method = Some(m.to_owned());
             req.path = Some(p.to_owned());
-            evaluate(&k, &req, None, NOW, false).code
+            evaluate(&k, &req.input(), None, NOW, false).code
         };
         assert_eq!(code("get", "/v1/orders/1"), Code::Valid);
         assert_eq!(code("POST", "/v1/orders/1"), Code::Forbidden);

@@ -331,7 +331,7 @@ fn ip_allowed(key: &CachedKey, ip: String) -> bool {
         ip: Some(ip),
         ..VerifyRequest::default()
     };
-    verify::evaluate(key, &req, None, OffsetDateTime::UNIX_EPOCH, false).code == Code::Valid
+    verify::evaluate(key, &req.input(), None, OffsetDateTime::UNIX_EPOCH, false).code == Code::Valid
 }
 
 proptest! {

@@ -53,7 +53,7 @@ pub fn client_ip(config: &GatewayConfig, peer: IpAddr, headers: &HeaderMap) -> I
 }
 
 /// The key from the first configured source that has one.
-pub fn extract_key(sources: &[KeySource], req: &Request<Incoming>) -> Option<String> {
+pub fn extract_key<'r>(sources: &[KeySource], req: &'r Request<Incoming>) -> Option<&'r str> {
     sources.iter().find_map(|source| {
         let found = match source {
             KeySource::Header(name) => req.headers().get(name).and_then(|v| v.to_str().ok()),
@@ -64,10 +64,7 @@ pub fn extract_key(sources: &[KeySource], req: &Request<Incoming>) -> Option<Str
                 .and_then(bearer_token),
             KeySource::Query(name) => req.uri().query().and_then(|q| query_param(q, name)),
         };
-        found
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned)
+        found.map(str::trim).filter(|k| !k.is_empty())
     })
 }
 

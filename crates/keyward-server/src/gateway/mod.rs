@@ -39,8 +39,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use keyward_core::model::VerifyRequest;
-use keyward_core::secret::KeyMaterial;
+use keyward_core::model::VerifyInput;
+use keyward_core::secret::KeyRef;
 use keyward_core::service::{Actor, Service};
 use keyward_core::verify::{Code, VerifyResponse};
 use std::convert::Infallible;
@@ -280,23 +280,26 @@ async fn handle(conn: &ClientConn, req: Request<Incoming>) -> Response<GatewayBo
         return unauthorized(&state);
     };
     // The socket peer's address was formatted once per connection.
+    let forwarded_ip;
     let client_ip = match forward::client_ip(config, peer.ip, req.headers()) {
-        ip if ip == peer.ip => peer.text.clone(),
-        ip => ip_string(ip),
+        ip if ip == peer.ip => peer.text.as_str(),
+        ip => {
+            forwarded_ip = ip_string(ip);
+            forwarded_ip.as_str()
+        }
     };
-    let verify = VerifyRequest {
-        key: KeyMaterial::new(key),
-        api_id: Some(config.api_id.clone()),
+    // Borrowed from the request: nothing is copied to verify it.
+    let verify = VerifyInput {
+        key: KeyRef::new(key),
+        api_id: Some(&config.api_id),
         cost: Some(route.cost),
         ip: Some(client_ip),
         origin: req
             .headers()
             .get(http::header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
-        method: Some(req.method().as_str().to_owned()),
-        path: Some(req.uri().path().to_owned()),
-        ..VerifyRequest::default()
+            .and_then(|v| v.to_str().ok()),
+        method: Some(req.method().as_str()),
+        path: Some(req.uri().path()),
     };
     let verdict = match shared
         .service
