@@ -10,6 +10,10 @@
 # Needs the shared harness's build and seed (see README.md): HELLO (default
 # $BENCH_WORK/target/release/hello, BENCH_WORK=/root/kw-bench) and SEED (default
 # /dev/shm/kw-bench-seed, made by bench_seed).
+#
+# AB=gw-reject compares the binaries' gateway reject path instead (unknown keys -> 401, as
+# the keyward-gw-reject target), on the harness's gateway copy (GW_DIR, default
+# /dev/shm/kw-bench-gw, whose gateway.toml fixes the port), without a baseline.
 set -u
 rounds=${1:?rounds}; shift
 [ $# -ge 1 ] || { echo "usage: $0 ROUNDS KW_BIN [KW_BIN_B]" >&2; exit 2; }
@@ -38,6 +42,22 @@ rps = float('$rps'); n = rps * 6; tick = 1e6 / 100   # clock ticks of 10 ms
 print('%-12s req/s %8.0f  user %5.2f us  sys %5.2f us  total %5.2f us' % (
     '$name', rps, ($u1 - $u0) * tick / n, ($s1 - $s0) * tick / n, ($u1 - $u0 + $s1 - $s0) * tick / n))"
 }
+
+if [[ "${AB:-verify}" == gw-reject ]]; then
+    GW_DIR="${GW_DIR:-/dev/shm/kw-bench-gw}"
+    PORT=$(sed -n 's/^listen = "127.0.0.1:\([0-9]*\)"/\1/p' "$GW_DIR/gateway.toml")
+    export KEYS_FILE="$GW_DIR/unknown_keys.txt" LOAD_MODE=header
+    for r in $(seq "$rounds"); do
+        echo "round $r"
+        i=0
+        for bin in "$@"; do
+            i=$((i + 1))
+            LOAD_PATH=/ run "gw-reject-$i" env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE \
+                -u KEYWARD_PEPPER_FILE "$bin" gateway --config "$GW_DIR/gateway.toml" --data-dir "$GW_DIR" --workers 1
+        done
+    done
+    exit 0
+fi
 
 export KEYS_FILE="$SEED/load_keys.txt" LOAD_MODE=json LOAD_AUTH
 LOAD_AUTH="$(cat "$SEED/root_key.txt")"
