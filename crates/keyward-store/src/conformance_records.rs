@@ -222,6 +222,88 @@ pub async fn listings_page_across_many_batches_and_find_rare_keys(store: Arc<dyn
     );
 }
 
+/// Term listings read one segment of batch ids at a time (`records::TERM_SEGMENT`): a term
+/// that appears in batches several segments apart, among batches of other terms, is found in
+/// each, page by page, and time bounds cut the batches read at both ends.
+pub async fn a_term_is_found_across_segments_and_within_time_bounds(store: Arc<dyn Store>) {
+    let ws = new_workspace(store.as_ref()).await;
+    let flushes = 3 * crate::records::TERM_SEGMENT + 10;
+    let rare_at = [2, crate::records::TERM_SEGMENT + 7, flushes - 1];
+    for flush in 0..flushes {
+        let rare = rare_at.contains(&flush);
+        let (key, code) = if rare {
+            ("key_rare", Code::Revoked)
+        } else {
+            ("key_common", Code::Valid)
+        };
+        store
+            .insert_verifications(&[event(&ws.id, at(flush * 1000), Some(key), code)])
+            .await
+            .expect("flush");
+    }
+    let times = |items: &[VerificationEvent]| -> Vec<i64> {
+        items
+            .iter()
+            .map(|e| to_unix_ms(e.time) - to_unix_ms(at(0)))
+            .collect()
+    };
+    let expected: Vec<i64> = rare_at.iter().rev().map(|f| f * 1000).collect();
+    for filter in [
+        VerificationFilter {
+            key_id: Some("key_rare".into()),
+            ..VerificationFilter::default()
+        },
+        VerificationFilter {
+            code: Some(Code::Revoked),
+            ..VerificationFilter::default()
+        },
+    ] {
+        let mut seen = Vec::new();
+        let mut next = None;
+        loop {
+            let listed = store
+                .list_verifications(&ws.id, &filter, &page(1, next))
+                .await
+                .expect("page");
+            seen.extend(listed.items);
+            next = listed.next;
+            if next.is_none() {
+                break;
+            }
+        }
+        assert_eq!(times(&seen), expected, "{filter:?}, one a page");
+        let bounded = VerificationFilter {
+            from: Some(at(rare_at[1] * 1000)),
+            to: Some(at(rare_at[2] * 1000)),
+            ..filter.clone()
+        };
+        let listed = store
+            .list_verifications(&ws.id, &bounded, &page(10, None))
+            .await
+            .expect("bounded");
+        assert_eq!(times(&listed.items), vec![rare_at[1] * 1000], "{bounded:?}");
+        let nothing = VerificationFilter {
+            from: Some(at(flushes * 1000)),
+            ..filter.clone()
+        };
+        let listed = store
+            .list_verifications(&ws.id, &nothing, &page(10, None))
+            .await
+            .expect("after the last");
+        assert!(listed.items.is_empty(), "{nothing:?}");
+    }
+    let common = VerificationFilter {
+        key_id: Some("key_common".into()),
+        to: Some(at(5 * 1000)),
+        ..VerificationFilter::default()
+    };
+    let listed = store
+        .list_verifications(&ws.id, &common, &page(10, None))
+        .await
+        .expect("common");
+    assert_eq!(times(&listed.items), vec![4000, 3000, 1000, 0]);
+}
+
 pub async fn usage_counts_add_up_per_bucket_and_code(store: Arc<dyn Store>) {
     let ws = new_workspace(store.as_ref()).await;
     let t = to_unix_ms(T0);
@@ -331,6 +413,20 @@ pub async fn records_older_than_their_retention_are_pruned(store: Arc<dyn Store>
         .await
         .expect("list");
     assert_eq!(left.items.len(), 1);
+    assert_eq!(left.items[0].time, new.time);
+    let by_key = VerificationFilter {
+        key_id: Some("key_a".into()),
+        ..VerificationFilter::default()
+    };
+    let left = store
+        .list_verifications(&ws.id, &by_key, &page(10, None))
+        .await
+        .expect("list by key");
+    assert_eq!(
+        left.items.len(),
+        1,
+        "the key's pruned batch is gone from its index"
+    );
     assert_eq!(left.items[0].time, new.time);
     let day = Granularity::Day;
     let rows = store

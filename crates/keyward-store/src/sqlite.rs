@@ -113,4 +113,86 @@ mod tests {
             "5000"
         );
     }
+
+    /// A database written by a build before migration 0006 keeps its access log findable by
+    /// term: the old index's rows become the exact and the segment rows.
+    #[tokio::test]
+    async fn migration_0006_carries_the_old_term_index_over() {
+        use keyward_core::records::{RecordStore, VerificationEvent, VerificationFilter};
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let store = SqliteStore::open(&dir.path().join("kw.db"))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        let mut before = sqlx::migrate!("./migrations/sqlite");
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        let mut conn = store.pool.acquire().await.expect("connection");
+        migrations::apply(before, &mut *conn)
+            .await
+            .expect("0001-0005");
+        let time = keyward_core::clock::from_unix_ms(1_700_000_000_000);
+        let event = VerificationEvent {
+            id: String::new(),
+            time,
+            workspace_id: "ws_old".to_owned(),
+            api_id: Some("api_old".to_owned()),
+            key_id: Some("key_old".to_owned()),
+            project_id: None,
+            code: keyward_core::verify::Code::Disabled,
+            ip: None,
+            method: None,
+            path: None,
+            origin: None,
+            node: "old-node".to_owned(),
+        };
+        for batch in keyward_core::access_log::encode_events(std::slice::from_ref(&event)) {
+            let (id,): (i64,) = sqlx::query_as(crate::records::INSERT_BATCH)
+                .bind(&batch.workspace_id)
+                .bind(batch.first_ms)
+                .bind(batch.last_ms)
+                .bind(i64::from(batch.events))
+                .bind(&batch.node)
+                .bind(&batch.data)
+                .fetch_one(&mut *conn)
+                .await
+                .expect("old batch");
+            for term in &batch.terms {
+                sqlx::query("INSERT INTO verification_terms (workspace_id, term, batch_id) VALUES (?, ?, ?)")
+                    .bind(&batch.workspace_id)
+                    .bind(term)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await
+                    .expect("old term row");
+            }
+        }
+        drop(conn);
+        assert!(store.migrate().await.expect("0006") >= 1);
+        for filter in [
+            VerificationFilter {
+                key_id: Some("key_old".into()),
+                ..VerificationFilter::default()
+            },
+            VerificationFilter {
+                code: Some(keyward_core::verify::Code::Disabled),
+                ..VerificationFilter::default()
+            },
+        ] {
+            let page = keyward_core::model::Page {
+                limit: 10,
+                after: None,
+            };
+            let listed = store
+                .list_verifications("ws_old", &filter, &page)
+                .await
+                .expect("list");
+            assert_eq!(listed.items.len(), 1, "{filter:?}");
+            assert_eq!(listed.items[0].time, time);
+        }
+    }
 }
