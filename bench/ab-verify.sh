@@ -5,7 +5,7 @@
 # keyward binary in turn, back to back, so that all of them see the same minutes. Each runs
 # pinned to CPU 1 (`--workers 1`) under wrk on CPU 0 for 12 s (the first 3 s are warm-up);
 # prints req/s and the server's user, system and total CPU time per request over 6 s of it,
-# read from /proc/PID/stat.
+# read from /proc/PID/stat, and wrk's p50 and p99 latency over the whole 12 s.
 #
 # Needs the shared harness's build and seed (see README.md): HELLO (default
 # $BENCH_WORK/target/release/hello, BENCH_WORK=/root/kw-bench) and SEED (default
@@ -28,7 +28,7 @@ run() { # name, command...
     taskset -c 1 "$@" >/dev/null 2>&1 &
     local pid=$!
     for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
-    taskset -c 0 wrk -t1 -c32 -d12s -s "$LUA" "http://127.0.0.1:$PORT$LOAD_PATH" >/tmp/ab-verify.wrk 2>&1 &
+    taskset -c 0 wrk -t1 -c32 -d12s --latency -s "$LUA" "http://127.0.0.1:$PORT$LOAD_PATH" >/tmp/ab-verify.wrk 2>&1 &
     local w=$!
     sleep 3
     read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
@@ -36,11 +36,15 @@ run() { # name, command...
     read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
     wait $w
     kill "$pid"; wait "$pid" 2>/dev/null
-    local rps; rps=$(awk '/Requests\/sec/ {print $2}' /tmp/ab-verify.wrk)
+    local rps p50 p99
+    rps=$(awk '/Requests\/sec/ {print $2}' /tmp/ab-verify.wrk)
+    p50=$(awk '$1 == "50%" {print $2}' /tmp/ab-verify.wrk)
+    p99=$(awk '$1 == "99%" {print $2}' /tmp/ab-verify.wrk)
     python3 -c "
 rps = float('$rps'); n = rps * 6; tick = 1e6 / 100   # clock ticks of 10 ms
-print('%-12s req/s %8.0f  user %5.2f us  sys %5.2f us  total %5.2f us' % (
-    '$name', rps, ($u1 - $u0) * tick / n, ($s1 - $s0) * tick / n, ($u1 - $u0 + $s1 - $s0) * tick / n))"
+print('%-12s req/s %8.0f  user %5.2f us  sys %5.2f us  total %5.2f us  p50 %8s  p99 %8s' % (
+    '$name', rps, ($u1 - $u0) * tick / n, ($s1 - $s0) * tick / n, ($u1 - $u0 + $s1 - $s0) * tick / n,
+    '$p50', '$p99'))"
 }
 
 if [[ "${AB:-verify}" == gw-reject ]]; then

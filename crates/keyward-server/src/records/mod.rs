@@ -255,7 +255,7 @@ async fn write_events(
 }
 
 /// Events handled between two yields to the requests waiting on the same thread.
-const YIELD_EVERY: usize = 2048;
+const YIELD_EVERY: usize = 512;
 
 /// What one flush writes: its batches, and the usage counts of all of their events summed
 /// (one upsert per key, code and bucket, however many batches the flush took).
@@ -295,9 +295,11 @@ async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
     }
     for (workspace_id, encoder) in open {
         if !encoder.is_empty() {
+            tokio::task::yield_now().await;
             finish(workspace_id, encoder, &mut write);
         }
     }
+    tokio::task::yield_now().await;
     write.counts = sum_counts(counts);
     write
 }
