@@ -82,6 +82,9 @@ type FastHash = foldhash::fast::RandomState;
 #[derive(Debug, Default)]
 pub struct Encoder<'a> {
     tuples: HashMap<Tuple<'a>, u32, FastHash>,
+    /// The tuple index of each event source already seen (see [`Encoder::push_from`]), so
+    /// that a key's ids are read and hashed once per batch rather than once per event.
+    sources: HashMap<usize, u32, FastHash>,
     order: Vec<Tuple<'a>>,
     minutes: HashMap<(u32, Code, i64), u64, FastHash>,
     body: Vec<u8>,
@@ -106,18 +109,41 @@ impl<'a> Encoder<'a> {
     }
 
     pub fn push(&mut self, e: &EventRef<'a>) {
+        self.push_from(e, None);
+    }
+
+    /// [`Encoder::push`] of an event whose api, key and project ids come from `source`: the
+    /// address of the value they are borrowed from (an `Arc<KeyDetails>`), the same for every
+    /// event of that key. Events from one source must carry the same ids, and the source must
+    /// stay alive as long as the encoder (it does: the ids are borrowed from it for `'a`), so
+    /// that no other value can take its address meanwhile.
+    ///
+    /// Speed: at a flush the writer pushes a second's events in one go, between requests on
+    /// the same core; looking a source up by address touches neither the key's strings nor
+    /// their hash, which were most of the time of a push.
+    pub fn push_from(&mut self, e: &EventRef<'a>, source: Option<usize>) {
         if self.events == 0 {
             self.base_ms = e.time_ms;
             self.prev_ms = e.time_ms;
             self.min_ms = e.time_ms;
             self.max_ms = e.time_ms;
         }
-        let tuple = (e.api_id, e.key_id, e.project_id);
-        let order = &mut self.order;
-        let index = *self.tuples.entry(tuple).or_insert_with(|| {
-            order.push(tuple);
-            (order.len() - 1) as u32
-        });
+        let known = source.and_then(|s| self.sources.get(&s).copied());
+        let index = match known {
+            Some(index) => index,
+            None => {
+                let tuple = (e.api_id, e.key_id, e.project_id);
+                let order = &mut self.order;
+                let index = *self.tuples.entry(tuple).or_insert_with(|| {
+                    order.push(tuple);
+                    (order.len() - 1) as u32
+                });
+                if let Some(s) = source {
+                    self.sources.insert(s, index);
+                }
+                index
+            }
+        };
         *self
             .minutes
             .entry((index, e.code, Granularity::Minute.bucket(e.time_ms)))
@@ -487,6 +513,46 @@ mod tests {
         // Usage: 3 events × 3 granularities, each its own tuple/code.
         assert_eq!(counts.len(), 9);
         assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 9);
+    }
+
+    proptest! {
+        /// Pushing by source gives byte for byte the batch and counts of pushing by ids,
+        /// including when two sources carry the same ids (a key cached again).
+        #[test]
+        fn pushing_by_source_encodes_as_pushing_by_ids(
+            picks in proptest::collection::vec((0usize..6, 0usize..3, 0i64..200_000), 1..200),
+        ) {
+            // Sources 0-3 are keys a, b, c and a again; 4 and 5 carry no key.
+            let keys = [Some("key_a"), Some("key_b"), Some("key_c"), Some("key_a"), None, None];
+            let codes = [Code::Valid, Code::Forbidden, Code::RateLimited];
+            let events: Vec<(EventRef<'static>, Option<usize>)> = picks
+                .iter()
+                .map(|&(source, code, dt)| {
+                    let e = EventRef {
+                        path: (dt % 2 == 0).then_some("/v1/orders/1"),
+                        ..event(1_700_000_000_000 + dt, keys[source], codes[code])
+                    };
+                    (e, keys[source].map(|_| 0x1000 + source))
+                })
+                .collect();
+            let mut by_ids = Encoder::default();
+            let mut by_source = Encoder::default();
+            for (e, source) in &events {
+                by_ids.push(e);
+                by_source.push_from(e, *source);
+            }
+            let (mut counts_ids, mut counts_source) = (Vec::new(), Vec::new());
+            let a = by_ids.finish("ws_1", "n", &mut counts_ids);
+            let b = by_source.finish("ws_1", "n", &mut counts_source);
+            prop_assert_eq!(a, b);
+            // The counts come out of a randomly seeded map: compare them in one order.
+            let sorted = |counts: Vec<UsageCount>| {
+                let mut shown: Vec<String> = counts.iter().map(|c| format!("{c:?}")).collect();
+                shown.sort();
+                shown
+            };
+            prop_assert_eq!(sorted(counts_ids), sorted(counts_source));
+        }
     }
 
     #[test]

@@ -52,23 +52,91 @@ pub struct AccessEvent {
     pub api_id: Option<Box<str>>,
     pub code: Code,
     /// The request attributes the caller passed, when it passed any.
-    pub attrs: Option<Box<RequestAttrs>>,
+    pub attrs: Option<RequestAttrs>,
 }
 
-/// The request attributes of a verification, as given (cut to a bounded length).
+/// Longest request attribute kept in the access log, in characters; longer ones are cut.
+pub const MAX_RECORDED_FIELD: usize = 512;
+
+/// The request attributes of a verification (ip, method, path, origin), as given but each cut
+/// to [`MAX_RECORDED_FIELD`] characters, in one allocation.
+///
+/// Speed: the gateway records all of these on every request. Four strings were four
+/// allocations on the request path, and four cache misses for the writer that encodes a
+/// second's events at once; one buffer is one of each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestAttrs {
-    pub ip: Option<String>,
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub origin: Option<String>,
+    /// The present fields, concatenated in order.
+    text: Box<str>,
+    /// Where each field ends in `text` (an absent field ends where the one before it does).
+    ends: [u16; 4],
+    /// Bit `i` set: field `i` is present.
+    present: u8,
+}
+
+impl RequestAttrs {
+    pub fn new(
+        ip: Option<&str>,
+        method: Option<&str>,
+        path: Option<&str>,
+        origin: Option<&str>,
+    ) -> Self {
+        let fields = [ip, method, path, origin].map(|f| f.map(cut));
+        let mut text = String::with_capacity(fields.iter().flatten().map(|f| f.len()).sum());
+        let mut ends = [0u16; 4];
+        let mut present = 0u8;
+        for (i, field) in fields.into_iter().enumerate() {
+            if let Some(field) = field {
+                text.push_str(field);
+                present |= 1 << i;
+            }
+            // At most 4 × 512 characters of at most 4 bytes: always fits.
+            ends[i] = u16::try_from(text.len()).unwrap_or(u16::MAX);
+        }
+        Self {
+            text: text.into_boxed_str(),
+            ends,
+            present,
+        }
+    }
+
+    fn field(&self, i: usize) -> Option<&str> {
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        let start = i.checked_sub(1).map_or(0, |p| usize::from(self.ends[p]));
+        self.text.get(start..usize::from(self.ends[i]))
+    }
+
+    pub fn ip(&self) -> Option<&str> {
+        self.field(0)
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        self.field(1)
+    }
+
+    pub fn path(&self) -> Option<&str> {
+        self.field(2)
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.field(3)
+    }
+}
+
+/// `v` cut to [`MAX_RECORDED_FIELD`] characters.
+fn cut(v: &str) -> &str {
+    match v.char_indices().nth(MAX_RECORDED_FIELD) {
+        Some((end, _)) => &v[..end],
+        None => v,
+    }
 }
 
 impl AccessEvent {
     /// The event as the access-log encoder reads it.
     pub fn as_ref(&self) -> EventRef<'_> {
-        let attrs = self.attrs.as_deref();
-        let attr = |f: fn(&RequestAttrs) -> &Option<String>| attrs.and_then(|a| f(a).as_deref());
+        let attrs = self.attrs.as_ref();
         EventRef {
             time_ms: self.time_ms,
             api_id: match &self.key {
@@ -78,10 +146,10 @@ impl AccessEvent {
             key_id: self.key.as_deref().map(|k| k.key_id.as_str()),
             project_id: self.key.as_deref().and_then(|k| k.project_id.as_deref()),
             code: self.code,
-            ip: attr(|a| &a.ip),
-            method: attr(|a| &a.method),
-            path: attr(|a| &a.path),
-            origin: attr(|a| &a.origin),
+            ip: attrs.and_then(RequestAttrs::ip),
+            method: attrs.and_then(RequestAttrs::method),
+            path: attrs.and_then(RequestAttrs::path),
+            origin: attrs.and_then(RequestAttrs::origin),
         }
     }
 }
@@ -520,5 +588,38 @@ mod tests {
         assert_eq!(Granularity::Minute.bucket(119_999), 60_000);
         assert_eq!(Granularity::Hour.bucket(3_600_000 * 5 + 1), 3_600_000 * 5);
         assert_eq!(Granularity::Day.bucket(-1), -86_400_000);
+    }
+
+    #[test]
+    fn request_attrs_give_back_each_field_as_given_or_absent() {
+        let values = [None, Some(""), Some("10.1.2.3"), Some("/v1/orders/é")];
+        for ip in values {
+            for method in [None, Some("GET"), Some("")] {
+                for path in values {
+                    for origin in [None, Some("https://a.example"), Some("")] {
+                        let a = RequestAttrs::new(ip, method, path, origin);
+                        assert_eq!(
+                            (a.ip(), a.method(), a.path(), a.origin()),
+                            (ip, method, path, origin)
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn request_attrs_cut_each_field_to_the_recorded_length_in_characters() {
+        let long = "é".repeat(MAX_RECORDED_FIELD + 5);
+        let cut = "é".repeat(MAX_RECORDED_FIELD);
+        let a = RequestAttrs::new(Some(&long), Some(&long), Some(&long), Some(&long));
+        for field in [a.ip(), a.method(), a.path(), a.origin()] {
+            assert_eq!(field, Some(cut.as_str()));
+        }
+        let exact = "x".repeat(MAX_RECORDED_FIELD);
+        assert_eq!(
+            RequestAttrs::new(None, None, Some(&exact), None).path(),
+            Some(exact.as_str())
+        );
     }
 }

@@ -1161,9 +1161,6 @@ impl Service {
 /// Most buckets one usage query may span.
 const MAX_USAGE_BUCKETS: i64 = 20_000;
 
-/// Longest request attribute kept in the access log; longer ones are cut.
-const MAX_RECORDED_FIELD: usize = 512;
-
 impl Service {
     /// The access log, newest first. Needs `usage.read` for the workspace, or for the api
     /// the listing is filtered by.
@@ -1225,13 +1222,13 @@ impl Service {
         let has_attrs =
             req.ip.is_some() || req.method.is_some() || req.path.is_some() || req.origin.is_some();
         let attrs = has_attrs.then(|| {
-            Box::new(RequestAttrs {
-                ip: recorded(req.ip),
-                method: recorded(req.method),
+            RequestAttrs::new(
+                req.ip,
+                req.method,
                 // Security: a query string may carry a credential (`?api_key=…`); keep the path.
-                path: recorded(req.path.map(|p| p.split('?').next().unwrap_or(p))),
-                origin: recorded(req.origin),
-            })
+                req.path.map(|p| p.split('?').next().unwrap_or(p)),
+                req.origin,
+            )
         });
         recorder.record(AccessEvent {
             time_ms: to_unix_ms(now),
@@ -1270,13 +1267,6 @@ impl Service {
         self.store.append_audit(&record).await?;
         Ok(())
     }
-}
-
-fn recorded(v: Option<&str>) -> Option<String> {
-    v.map(|v| match v.char_indices().nth(MAX_RECORDED_FIELD) {
-        Some((cut, _)) => v[..cut].to_owned(),
-        None => v.to_owned(),
-    })
 }
 
 fn rfc3339(t: Option<OffsetDateTime>) -> serde_json::Value {

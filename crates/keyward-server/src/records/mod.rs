@@ -284,7 +284,9 @@ async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
     };
     for (i, e) in events.iter().enumerate() {
         let encoder = open.entry(&*e.workspace_id).or_default();
-        encoder.push(&e.as_ref());
+        // Every event of a key borrows its ids from the same details.
+        let source = e.key.as_ref().map(|k| Arc::as_ptr(k) as usize);
+        encoder.push_from(&e.as_ref(), source);
         if encoder.len() >= max_batch {
             let full = std::mem::take(encoder);
             finish(&e.workspace_id, full, &mut write);
