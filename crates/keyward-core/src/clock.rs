@@ -69,6 +69,51 @@ pub fn from_unix_ms(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// An instant as nanoseconds since the Unix epoch, serialized as RFC 3339 like an
+/// `OffsetDateTime`. The verify hot path reports instants in this form: turning one into a
+/// calendar date costs more than the GCRA decision that produced it, so that conversion
+/// waits until a response is actually written (or the time is asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixNanos(pub i64);
+
+impl UnixNanos {
+    /// `t` in nanoseconds, saturating outside ±292 years of the epoch.
+    pub fn of(t: OffsetDateTime) -> Self {
+        // 64-bit arithmetic: `unix_timestamp_nanos` computes in 128 bits.
+        let ns = t
+            .unix_timestamp()
+            .checked_mul(1_000_000_000)
+            .and_then(|s| s.checked_add(i64::from(t.nanosecond())));
+        Self(ns.unwrap_or(if t.unix_timestamp() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }))
+    }
+
+    /// Milliseconds since the epoch, truncated like [`to_unix_ms`].
+    pub fn unix_ms(self) -> i64 {
+        self.0 / 1_000_000
+    }
+
+    /// The instant as a date and time (UTC); out-of-range values clamp to the epoch.
+    pub fn time(self) -> OffsetDateTime {
+        // 64-bit arithmetic: the 128-bit division of `from_unix_timestamp_nanos` costs more.
+        let secs = self.0.div_euclid(1_000_000_000);
+        // In 0..1e9, so it fits a u32.
+        let nanos = self.0.rem_euclid(1_000_000_000) as u32;
+        OffsetDateTime::from_unix_timestamp(secs)
+            .and_then(|t| t.replace_nanosecond(nanos))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+impl serde::Serialize for UnixNanos {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        time::serde::rfc3339::serialize(&self.time(), s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +133,29 @@ mod tests {
         ] {
             let t = OffsetDateTime::from_unix_timestamp_nanos(ns).expect("in range");
             assert_eq!(to_unix_ms(t), (ns / 1_000_000) as i64, "{ns}");
+            assert_eq!(UnixNanos::of(t).unix_ms(), to_unix_ms(t), "{ns}");
         }
+    }
+
+    #[test]
+    fn unix_nanos_round_trip_and_saturate_outside_their_range() {
+        for ns in [
+            0i64,
+            1,
+            -1,
+            999_999_999,
+            -1_000_000_001,
+            1_764_000_000_123_456_789,
+        ] {
+            let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)).expect("in range");
+            assert_eq!(UnixNanos::of(t), UnixNanos(ns));
+            assert_eq!(UnixNanos(ns).time(), t);
+        }
+        let far = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+        assert_eq!(UnixNanos::of(far), UnixNanos(i64::MAX));
+        let early = time::macros::datetime!(1000-01-01 0:00 UTC);
+        assert_eq!(UnixNanos::of(early), UnixNanos(i64::MIN));
+        let json = serde_json::to_string(&UnixNanos(1_764_000_000_123_456_789)).expect("json");
+        assert_eq!(json, "\"2025-11-24T16:00:00.123456789Z\"");
     }
 }

@@ -24,7 +24,7 @@
 //! `kill -9`, what was charged since the last flush is lost, i.e. at most one flush interval
 //! of traffic is admitted twice.
 
-use crate::clock::{from_unix_ms, to_unix_ms};
+use crate::clock::{from_unix_ms, to_unix_ms, UnixNanos};
 use crate::duration;
 use crate::model::{QuotaUpdate, Refill, RefillInterval, UsageBatch, UseUpdate, VerifyRecord};
 use crate::verify::{CheckResult, Code, RateLimitState, UsageState};
@@ -84,6 +84,12 @@ impl Gcra {
     /// How many calls would be admitted at once at `now`.
     pub fn remaining(&self, tat: i64, now: i64) -> u64 {
         let used = tat.max(now).saturating_sub(now);
+        // A limit used by at most one call's worth (the usual case) needs no division:
+        // ⌊(limit·τ − used) / τ⌋ is `limit` for nothing used and `limit − 1` for up to τ,
+        // provided `burst_ns` is exactly limit·τ, i.e. it did not saturate at `i64::MAX`.
+        if used <= self.emission_ns && self.burst_ns < i64::MAX {
+            return self.limit - u64::from(used > 0);
+        }
         u64::try_from(self.burst_ns.saturating_sub(used) / self.emission_ns).unwrap_or(0)
     }
 
@@ -287,13 +293,19 @@ impl Limits {
             .filter(|p| !p.rate_limits.is_empty())
             .map(|p| self.cell(format!("p:{}", p.id), ""));
         // Lock order: by address, the same for every key sharing a cell.
-        let mut locks: SmallVec<[Arc<Cell>; 4]> =
-            key_cell.iter().chain(&project_cell).cloned().collect();
-        locks.sort_by_key(|c| Arc::as_ptr(c) as usize);
+        let mut locks: [Option<Arc<Cell>>; 2] = [key_cell.clone(), project_cell.clone()];
+        if locks[0].is_none()
+            || locks[1]
+                .as_ref()
+                .zip(locks[0].as_ref())
+                .is_some_and(|(b, a)| Arc::as_ptr(b) < Arc::as_ptr(a))
+        {
+            locks.swap(0, 1);
+        }
         let position = |cell: &Arc<Cell>| {
             locks
                 .iter()
-                .position(|c| Arc::ptr_eq(c, cell))
+                .position(|c| c.as_ref().is_some_and(|c| Arc::ptr_eq(c, cell)))
                 .unwrap_or_default()
         };
 
@@ -498,8 +510,9 @@ pub struct KeyRules {
     /// cached key itself instead of chasing another allocation.
     limits: SmallVec<[LimitSlot; 2]>,
     quota: Option<QuotaSlot>,
-    /// The cells, sorted by address: the order they are locked in.
-    locks: SmallVec<[Arc<Cell>; 4]>,
+    /// The cells (at most two: the key identity's and its project's), present ones first,
+    /// sorted by address: the order they are locked in.
+    locks: [Option<Arc<Cell>>; 2],
     last_use: Option<Arc<LastUse>>,
 }
 
@@ -507,12 +520,14 @@ impl PartialEq for KeyRules {
     fn eq(&self, other: &Self) -> bool {
         self.limits == other.limits
             && self.quota == other.quota
-            && self.locks.len() == other.locks.len()
             && self
                 .locks
                 .iter()
                 .zip(&other.locks)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
+                .all(|(a, b)| match (a, b) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                })
     }
 }
 
@@ -529,17 +544,6 @@ pub struct Charge {
     pub steps: Vec<CheckResult>,
 }
 
-/// Unix nanoseconds as a time, in 64-bit arithmetic (the 128-bit division of
-/// `from_unix_timestamp_nanos` is a measurable part of a verify with limits).
-fn ns_to_time(ns: i64) -> OffsetDateTime {
-    let secs = ns.div_euclid(1_000_000_000);
-    // In 0..1e9, so it fits a u32.
-    let nanos = ns.rem_euclid(1_000_000_000) as u32;
-    OffsetDateTime::from_unix_timestamp(secs)
-        .and_then(|t| t.replace_nanosecond(nanos))
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
@@ -548,7 +552,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 impl KeyRules {
     /// Whether the key has any rate limit or quota.
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.locks[0].is_none()
     }
 
     /// Records a use of the key at `now` from `ip`, for `last_used_at`/`last_used_ip`.
@@ -597,22 +601,30 @@ impl KeyRules {
             usage: None,
             steps: Vec::new(),
         };
-        let now_ns = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(i64::MAX);
-        let now_ms = to_unix_ms(now);
-        // One lock per owner (the key identity, its project): inline, no allocation.
-        let mut guards: SmallVec<[MutexGuard<'_, State>; 4]> =
-            self.locks.iter().map(|c| c.lock()).collect();
+        let now_ns = UnixNanos::of(now);
+        let now_ms = now_ns.unix_ms();
+        let now_ns = now_ns.0;
+        // One lock per owner (the key identity, its project), in address order.
+        let mut guards: [Option<MutexGuard<'_, State>>; 2] = [
+            self.locks[0].as_ref().map(|c| c.lock()),
+            self.locks[1].as_ref().map(|c| c.lock()),
+        ];
+        let tat = |guards: &[Option<MutexGuard<'_, State>>; 2], slot: &LimitSlot| {
+            guards[slot.lock]
+                .as_ref()
+                .map_or(i64::MIN, |g| g.tat(slot.index))
+        };
 
         let mut rate_denied: Option<(usize, i64)> = None;
         for (i, slot) in self.limits.iter().enumerate() {
-            if let Err(retry) = slot.gcra.decide(guards[slot.lock].tat(slot.index), now_ns) {
+            if let Err(retry) = slot.gcra.decide(tat(&guards, slot), now_ns) {
                 rate_denied = Some((i, retry));
                 break;
             }
         }
         let mut quota_left: Option<(u64, bool)> = None;
         if let Some(q) = &self.quota {
-            if let Some(state) = guards[q.lock].quota.as_mut() {
+            if let Some(state) = guards[q.lock].as_mut().and_then(|g| g.quota.as_mut()) {
                 quota_left = Some(state.available(q.refill.as_ref(), now_ms));
             }
         }
@@ -621,8 +633,12 @@ impl KeyRules {
         let admitted = rate_denied.is_none() && !quota_denied;
 
         if admitted && cost > 0 {
+            // The same decisions again (pure arithmetic), now committed.
             for slot in &self.limits {
-                if let Some((_, tat)) = guards[slot.lock].tats.get_mut(slot.index) {
+                let Some(state) = guards[slot.lock].as_mut() else {
+                    continue;
+                };
+                if let Some((_, tat)) = state.tats.get_mut(slot.index) {
                     if let Ok(next) = slot.gcra.decide(*tat, now_ns) {
                         *tat = next;
                     }
@@ -630,7 +646,7 @@ impl KeyRules {
             }
         }
         if let (true, Some(q), Some((left, refilled))) = (admitted, &self.quota, quota_left) {
-            if let Some(state) = guards[q.lock].quota.as_mut() {
+            if let Some(state) = guards[q.lock].as_mut().and_then(|g| g.quota.as_mut()) {
                 if refilled {
                     state.refilled_at_ms = now_ms;
                     state.next_refill = None;
@@ -638,14 +654,15 @@ impl KeyRules {
                 state.remaining = left - cost;
                 if (refilled || cost > 0) && !state.dirty {
                     state.dirty = true;
-                    let cell = &self.locks[q.lock];
-                    lock_vec(&limits.dirty_quotas).push(Arc::clone(cell));
+                    if let Some(cell) = &self.locks[q.lock] {
+                        lock_vec(&limits.dirty_quotas).push(Arc::clone(cell));
+                    }
                 }
             }
         }
 
         for (i, slot) in self.limits.iter().enumerate() {
-            let tat = guards[slot.lock].tat(slot.index);
+            let tat = tat(&guards, slot);
             let denied_here = rate_denied.is_some_and(|(d, _)| d == i);
             out.rate_limits.push(RateLimitState {
                 name: slot.name.clone(),
@@ -655,11 +672,14 @@ impl KeyRules {
                 } else {
                     slot.gcra.remaining(tat, now_ns)
                 },
-                reset_at: ns_to_time(slot.gcra.reset_at(tat, now_ns)),
+                reset_at: UnixNanos(slot.gcra.reset_at(tat, now_ns)),
             });
         }
         let next_refill = match (&self.quota, quota_left) {
-            (Some(q), Some(_)) => match (guards[q.lock].quota.as_mut(), &q.refill) {
+            (Some(q), Some(_)) => match (
+                guards[q.lock].as_mut().and_then(|g| g.quota.as_mut()),
+                &q.refill,
+            ) {
                 (Some(state), Some(r)) => Some(state.next_refill_ms(r.interval)),
                 _ => None,
             },
@@ -710,8 +730,8 @@ impl KeyRules {
                     format!(
                         "{} ran out; next call allowed at {}, fully reset at {}",
                         describe(slot),
-                        rfc3339(ns_to_time(retry)),
-                        reset.map(rfc3339).unwrap_or_default()
+                        rfc3339(UnixNanos(retry).time()),
+                        reset.map(|r| rfc3339(r.time())).unwrap_or_default()
                     ),
                 )
             }
@@ -979,7 +999,7 @@ mod tests {
     }
 
     #[test]
-    fn ns_to_time_agrees_with_the_128_bit_conversion() {
+    fn unix_nanos_agree_with_the_128_bit_conversion() {
         let samples = [
             0,
             1,
@@ -995,7 +1015,7 @@ mod tests {
         for ns in samples {
             let reference = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
                 .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            assert_eq!(ns_to_time(ns), reference, "{ns}");
+            assert_eq!(UnixNanos(ns).time(), reference, "{ns}");
         }
     }
 

@@ -8,7 +8,7 @@ use crate::perm::Expr;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use serde::Serialize;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use time::OffsetDateTime;
@@ -73,8 +73,9 @@ pub struct RateLimitState {
     pub name: smol_str::SmolStr,
     pub limit: u64,
     pub remaining: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub reset_at: OffsetDateTime,
+    /// When the limit is back to its full burst.
+    #[schema(value_type = String, format = DateTime)]
+    pub reset_at: crate::clock::UnixNanos,
 }
 
 /// One step of `?explain=true`.
@@ -681,7 +682,7 @@ fn check_restrictions(key: &CachedKey, req: &VerifyInput<'_>) -> Option<Failed> 
         };
         // An unparsable request ip matches nothing. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) also
         // matches as the IPv4 address it carries.
-        let ok = ip.trim().parse::<IpAddr>().is_ok_and(|ip| {
+        let ok = parse_request_ip(ip).is_some_and(|ip| {
             let canonical = ip.to_canonical();
             nets.iter()
                 .any(|n| n.contains(&ip) || n.contains(&canonical))
@@ -717,6 +718,49 @@ fn check_restrictions(key: &CachedKey, req: &VerifyInput<'_>) -> Option<Failed> 
     None
 }
 
+/// A request's IP address, or `None` if it is not one. A dotted quad in canonical form (the
+/// usual case) is read directly; anything else goes to the standard parser, after trimming
+/// whitespace.
+fn parse_request_ip(s: &str) -> Option<IpAddr> {
+    parse_dotted_quad(s.as_bytes())
+        .map(IpAddr::V4)
+        .or_else(|| s.trim().parse().ok())
+}
+
+/// `a.b.c.d`, each part 0–255 in decimal without leading zeros; `None` for anything else,
+/// including forms the standard parser would accept or reject (it decides those). Where
+/// this returns an address, it is the standard parser's (a property test checks it).
+fn parse_dotted_quad(b: &[u8]) -> Option<Ipv4Addr> {
+    if !(7..=15).contains(&b.len()) {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut value: u32 = 0;
+        while let Some(d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+            value = value * 10 + u32::from(d - b'0');
+            i += 1;
+            if i - start > 3 {
+                return None;
+            }
+        }
+        let leading_zero = i - start > 1 && b.get(start) == Some(&b'0');
+        if i == start || leading_zero {
+            return None;
+        }
+        *octet = u8::try_from(value).ok()?;
+    }
+    (i == b.len()).then(|| Ipv4Addr::from(octets))
+}
+
 /// Longest path pattern, in bytes. Longer patterns are refused by [`validate_restrictions`]
 /// and never match in [`glob_match`].
 pub const MAX_GLOB_LEN: usize = 256;
@@ -737,7 +781,9 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
     // Most patterns are a literal head and one trailing star (`/v1/orders/*`): the head is
     // compared as bytes and the tail answered directly; only what follows the first star
     // needs the automaton.
-    let Some(star) = pattern.find('*') else {
+    // Byte loops, not `find`/`contains`: paths are short, and the searchers' set-up costs more
+    // than the search.
+    let Some(star) = pattern.bytes().position(|b| b == b'*') else {
         return pattern == path;
     };
     let (head, tail) = pattern.split_at(star);
@@ -746,7 +792,7 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
     };
     match tail {
         "**" => true,
-        "*" => !rest.contains('/'),
+        "*" => rest.bytes().all(|b| b != b'/'),
         _ => glob_automaton(tail.as_bytes(), rest.as_bytes()),
     }
 }
@@ -1068,7 +1114,7 @@ mod tests {
             name: "per-second".into(),
             limit: 10,
             remaining: 9,
-            reset_at: NOW,
+            reset_at: crate::clock::UnixNanos::of(NOW),
         }];
         let cases = [
             VerifyResponse::bare(Code::NotFound),
@@ -1503,5 +1549,82 @@ mod miss_cache_tests {
         assert!(misses.contains(&[3; 32]));
         misses.clear();
         assert!(!misses.contains(&[3; 32]));
+    }
+}
+
+#[cfg(test)]
+mod request_ip_tests {
+    use super::{parse_dotted_quad, parse_request_ip};
+    use proptest::prelude::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// The standard parser's answer, which `parse_request_ip` must always give.
+    fn reference(s: &str) -> Option<IpAddr> {
+        s.trim().parse().ok()
+    }
+
+    #[test]
+    fn dotted_quads_read_directly_or_left_to_the_standard_parser() {
+        let direct = [
+            ("0.0.0.0", [0, 0, 0, 0]),
+            ("10.1.2.3", [10, 1, 2, 3]),
+            ("255.255.255.255", [255; 4]),
+            ("192.168.100.1", [192, 168, 100, 1]),
+        ];
+        for (s, octets) in direct {
+            assert_eq!(
+                parse_dotted_quad(s.as_bytes()),
+                Some(Ipv4Addr::from(octets)),
+                "{s}"
+            );
+        }
+        let deferred = [
+            "",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3.04",
+            "1..2.3",
+            "1.2.3.4 ",
+            " 1.2.3.4",
+            "1.2.3.-4",
+            "1.2.3.4/8",
+            "1234.1.1.1",
+            "::1",
+            "::ffff:1.2.3.4",
+            "a.b.c.d",
+            "1.2.3.",
+            ".1.2.3",
+        ];
+        for s in deferred {
+            assert_eq!(parse_dotted_quad(s.as_bytes()), None, "{s:?}");
+            assert_eq!(parse_request_ip(s), reference(s), "{s:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_direct_read_agrees_with_the_standard_parser(
+            octets in proptest::array::uniform4(0u16..300),
+            zeros in proptest::array::uniform4(0usize..2),
+            pad in "[ \t]{0,1}",
+        ) {
+            let s: Vec<String> = octets
+                .iter()
+                .zip(zeros)
+                .map(|(o, z)| format!("{}{o}", "0".repeat(z)))
+                .collect();
+            let s = format!("{pad}{}{pad}", s.join("."));
+            prop_assert_eq!(parse_request_ip(&s), reference(&s));
+            if let Some(direct) = parse_dotted_quad(s.as_bytes()) {
+                prop_assert_eq!(Some(IpAddr::V4(direct)), reference(&s));
+            }
+        }
+
+        #[test]
+        fn any_text_gets_the_standard_parsers_answer(s in "[0-9.:a-f ]{0,20}|\\PC{0,20}") {
+            prop_assert_eq!(parse_request_ip(&s), reference(&s));
+        }
     }
 }

@@ -100,6 +100,22 @@ proptest! {
         let reset = gcra.reset_at(tat, t);
         prop_assert_eq!(gcra.remaining(tat, reset), gcra.limit);
     }
+
+    #[test]
+    fn remaining_is_the_floor_of_the_unused_burst_over_tau(
+        limit in prop_oneof![1u64..1000, Just(u64::MAX), Just(i64::MAX as u64)],
+        period_ns in prop_oneof![1i64..1_000_000, 1i64..i64::MAX],
+        now in -1_000_000i64..1_000_000,
+        ahead in prop_oneof![0i64..3, 0i64..1_000_000_000, Just(i64::MAX / 2)],
+    ) {
+        // Every limit the constructor can make, including saturated bursts, against TATs
+        // around and above now: the division-free shortcut agrees with the division.
+        let gcra = Gcra::new(limit, time::Duration::nanoseconds(period_ns));
+        let tat = now.saturating_add(ahead);
+        let used = tat.max(now).saturating_sub(now);
+        let expected = u64::try_from(gcra.burst_ns.saturating_sub(used) / gcra.emission_ns).unwrap_or(0);
+        prop_assert_eq!(gcra.remaining(tat, now), expected);
+    }
 }
 
 #[test]

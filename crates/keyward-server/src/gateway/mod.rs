@@ -452,7 +452,8 @@ fn too_many(p: Problem, verdict: &VerifyResponse) -> Response<GatewayBody> {
     let headers: &mut HeaderMap = res.headers_mut();
     match exhausted {
         Some(limit) => {
-            let wait_ms = u64::try_from((limit.reset_at - now).whole_milliseconds()).unwrap_or(0);
+            let wait_ms =
+                u64::try_from((limit.reset_at.time() - now).whole_milliseconds()).unwrap_or(0);
             // Whole seconds, rounded up: retrying at the advertised time must succeed.
             let secs = wait_ms.div_ceil(1000).max(1);
             headers.insert("retry-after", HeaderValue::from(secs));
