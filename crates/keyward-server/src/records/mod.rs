@@ -7,9 +7,10 @@
 //! waits for the log. Usage counts are computed by the writer from the events it writes, so
 //! a dropped event is missing from both the access log and the usage counts.
 //!
-//! Durability: the writer flushes every `flush_interval` (default 1 s), and at once whenever
-//! the queue is half full, so a burst faster than `queue_capacity` per interval is written
-//! early instead of dropped. After `kill -9` the events still queued are lost — at most one
+//! Durability: the writer encodes what arrived in steps through each `flush_interval`
+//! (default 1 s) and writes it all at the interval's end, and at once whenever half a
+//! queue's worth is waiting, so a burst faster than `queue_capacity` per interval is written
+//! early instead of dropped. After `kill -9` the events not yet written are lost — at most one
 //! flush interval of them (plus a batch being written). SIGTERM drains the queue completely
 //! before the process exits.
 
@@ -66,16 +67,16 @@ impl Default for RecordSettings {
 
 /// The pipeline's shared half: the queue (as a [`Recorder`]) and the metrics.
 ///
-/// The queue is a vector behind a mutex that the writer swaps out whole each flush: a push
-/// costs an uncontended lock and a move, cheaper than a channel send, and the writer takes
-/// a second's events in one step. Two vectors take turns (the writer hands the one it
-/// drained back, emptied), so the hot path pushes into memory already mapped instead of
-/// growing a fresh vector — page faults and copies — every second.
+/// The queue is a vector behind a mutex that the writer swaps out whole at each encoding step:
+/// a push costs an uncontended lock and a move, cheaper than a channel send, and the writer
+/// takes what arrived in one step. The vectors are reused (the writer hands the ones it
+/// drained back, emptied, after their flush), so the hot path pushes into memory already
+/// mapped instead of growing a fresh vector — page faults and copies — every step.
 pub struct Records {
     pub settings: RecordSettings,
     pub metrics: Arc<Metrics>,
     queue: Mutex<Vec<AccessEvent>>,
-    spare: Mutex<Vec<AccessEvent>>,
+    spare: Mutex<Vec<Vec<AccessEvent>>>,
     /// Wakes the writer early: the queue reached half its capacity.
     half_full: Notify,
     started: AtomicBool,
@@ -105,18 +106,27 @@ impl Records {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes every queued event, leaving the spare vector in the queue's place.
+    /// Takes every queued event, leaving a spare vector in the queue's place.
     fn take_queued(&self) -> Vec<AccessEvent> {
-        let spare = std::mem::take(&mut *self.spare.lock().unwrap_or_else(PoisonError::into_inner));
+        let spare = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_default();
         std::mem::replace(&mut *self.lock_queue(), spare)
     }
 
-    /// Hands a drained vector back for the next swap (its capacity is what is reused).
+    /// Hands a drained vector back for a later swap (its capacity is what is reused).
     fn give_back(&self, mut drained: Vec<AccessEvent>) {
         drained.clear();
         // More than a full queue's worth is never needed.
         drained.shrink_to(self.settings.queue_capacity);
-        *self.spare.lock().unwrap_or_else(PoisonError::into_inner) = drained;
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        // A flush holds one vector per encoding step, and gives them all back.
+        if spare.len() <= ENCODE_STEPS as usize {
+            spare.push(drained);
+        }
     }
 
     /// Starts the writer and the pruner. `None` if they already run (or were stopped).
@@ -206,53 +216,64 @@ impl RecordsTasks {
     }
 }
 
-/// Every `flush_interval`, takes the queue and writes it. Sleeping between flushes (rather
-/// than waking per event) keeps the writer's CPU cost per event low.
+/// Encodes events as they arrive, in steps through each flush interval, and writes them all
+/// at its end (or at once when half a queue's worth is pending, or on stop).
+///
+/// Speed: encoding a second's events in one go at the flush ran the writer 4–11 ms without a
+/// break once a second (40k events at 100–250 ns each). Yields to tokio did not help a
+/// gateway whose requests wait on an upstream process: the kernel does not switch to that
+/// process while this one still has work. In [`ENCODE_STEPS`] steps, each run is 1/20th as
+/// long. The events stay in `chunks` until their flush, since the batches borrow their ids.
 async fn write_loop(
     records: Arc<Records>,
     service: Arc<Service>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut ticks = tokio::time::interval(records.settings.flush_interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = ticks.tick() => false,
-            _ = records.half_full.notified() => false,
-            _ = stopped.changed() => true,
-        };
-        let events = records.take_queued();
-        if !events.is_empty() {
-            write_events(&records, &service, events, stopping).await;
+    let settings = &records.settings;
+    let max_batch = settings.max_batch.clamp(1, MAX_BATCH_EVENTS);
+    let step = (settings.flush_interval / ENCODE_STEPS).max(MIN_STEP);
+    let flush_at = settings.queue_capacity.div_ceil(2);
+    let mut stopping = false;
+    while !stopping {
+        let deadline = tokio::time::Instant::now() + settings.flush_interval;
+        let chunks = typed_arena::Arena::new();
+        let mut pending = Pending::new(&settings.node, max_batch);
+        loop {
+            let wake_at = (tokio::time::Instant::now() + step).min(deadline);
+            let flush_now = tokio::select! {
+                _ = tokio::time::sleep_until(wake_at) => tokio::time::Instant::now() >= deadline,
+                _ = records.half_full.notified() => true,
+                _ = stopped.changed() => {
+                    stopping = true;
+                    true
+                }
+            };
+            let chunk: &Vec<AccessEvent> = chunks.alloc(records.take_queued());
+            pending.push(chunk).await;
+            if flush_now || pending.events >= flush_at {
+                break;
+            }
         }
-        if stopping {
-            tracing::debug!("access log drained");
-            return;
+        let write = pending.finish().await;
+        if write.events > 0 {
+            write_batch(&records, &service, &write, stopping).await;
+        }
+        for mut chunk in chunks.into_vec() {
+            // Releasing the events' `Arc`s is work too: a slice at a time.
+            while !chunk.is_empty() {
+                chunk.truncate(chunk.len().saturating_sub(YIELD_EVERY));
+                tokio::task::yield_now().await;
+            }
+            records.give_back(chunk);
         }
     }
+    tracing::debug!("access log drained");
 }
 
-/// Encodes `events` and writes them in one transaction.
-///
-/// Encoding runs on this task, a slice at a time with a yield between slices, so requests
-/// keep being served in between: on a thread of its own it competed with them for the core,
-/// and the scheduler then held requests off for whole 4 ms ticks.
-async fn write_events(
-    records: &Records,
-    service: &Service,
-    mut events: Vec<AccessEvent>,
-    stopping: bool,
-) {
-    let max_batch = records.settings.max_batch.clamp(1, MAX_BATCH_EVENTS);
-    let write = encode(&events, &records.settings.node, max_batch).await;
-    // Releasing the events' `Arc`s is work too: a slice at a time.
-    while !events.is_empty() {
-        events.truncate(events.len().saturating_sub(YIELD_EVERY));
-        tokio::task::yield_now().await;
-    }
-    records.give_back(events);
-    write_batch(records, service, &write, stopping).await;
-}
+/// Steps per flush interval in which the writer encodes what arrived.
+const ENCODE_STEPS: u32 = 20;
+/// The shortest step (for short flush intervals).
+const MIN_STEP: Duration = Duration::from_millis(5);
 
 /// Events handled between two yields to the requests waiting on the same thread.
 const YIELD_EVERY: usize = 512;
@@ -266,44 +287,79 @@ struct Write {
     oldest_ms: i64,
 }
 
-/// Encodes `events` in their order, one batch per workspace of at most `max_batch` events,
-/// yielding every [`YIELD_EVERY`] events.
+/// One flush's events so far: encoded in their order, one batch per workspace of at most
+/// `max_batch` events.
+struct Pending<'a> {
+    node: &'a str,
+    max_batch: usize,
+    open: HashMap<&'a str, Encoder<'a>, foldhash::fast::RandomState>,
+    batches: Vec<EventBatch>,
+    counts: Vec<UsageCount>,
+    events: usize,
+    oldest_ms: i64,
+}
+
+impl<'a> Pending<'a> {
+    fn new(node: &'a str, max_batch: usize) -> Self {
+        Self {
+            node,
+            max_batch,
+            open: HashMap::default(),
+            batches: Vec::new(),
+            counts: Vec::new(),
+            events: 0,
+            oldest_ms: i64::MAX,
+        }
+    }
+
+    /// Encodes `events`, yielding every [`YIELD_EVERY`] events.
+    async fn push(&mut self, events: &'a [AccessEvent]) {
+        for (i, e) in events.iter().enumerate() {
+            let encoder = self.open.entry(&*e.workspace_id).or_default();
+            // Every event of a key borrows its ids from the same details.
+            let source = e.key.as_ref().map(|k| Arc::as_ptr(k) as usize);
+            encoder.push_from(&e.as_ref(), source);
+            if encoder.len() >= self.max_batch {
+                let full = std::mem::take(encoder);
+                self.close(&e.workspace_id, full);
+            }
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        self.events += events.len();
+    }
+
+    fn close(&mut self, workspace_id: &str, encoder: Encoder<'a>) {
+        let batch = encoder.finish(workspace_id, self.node, &mut self.counts);
+        self.oldest_ms = self.oldest_ms.min(batch.first_ms);
+        self.batches.push(batch);
+    }
+
+    /// Every batch closed, and their usage counts summed.
+    async fn finish(mut self) -> Write {
+        for (workspace_id, encoder) in std::mem::take(&mut self.open) {
+            if !encoder.is_empty() {
+                tokio::task::yield_now().await;
+                self.close(workspace_id, encoder);
+            }
+        }
+        tokio::task::yield_now().await;
+        Write {
+            batches: self.batches,
+            counts: sum_counts(self.counts),
+            events: self.events,
+            oldest_ms: self.oldest_ms,
+        }
+    }
+}
+
+/// Encodes `events` as one flush.
+#[cfg(test)]
 async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
-    let mut open: HashMap<&str, Encoder<'_>, foldhash::fast::RandomState> = HashMap::default();
-    let mut write = Write {
-        batches: Vec::new(),
-        counts: Vec::new(),
-        events: events.len(),
-        oldest_ms: i64::MAX,
-    };
-    let mut counts = Vec::new();
-    let mut finish = |workspace_id: &str, encoder: Encoder<'_>, write: &mut Write| {
-        let batch = encoder.finish(workspace_id, node, &mut counts);
-        write.oldest_ms = write.oldest_ms.min(batch.first_ms);
-        write.batches.push(batch);
-    };
-    for (i, e) in events.iter().enumerate() {
-        let encoder = open.entry(&*e.workspace_id).or_default();
-        // Every event of a key borrows its ids from the same details.
-        let source = e.key.as_ref().map(|k| Arc::as_ptr(k) as usize);
-        encoder.push_from(&e.as_ref(), source);
-        if encoder.len() >= max_batch {
-            let full = std::mem::take(encoder);
-            finish(&e.workspace_id, full, &mut write);
-        }
-        if i % YIELD_EVERY == YIELD_EVERY - 1 {
-            tokio::task::yield_now().await;
-        }
-    }
-    for (workspace_id, encoder) in open {
-        if !encoder.is_empty() {
-            tokio::task::yield_now().await;
-            finish(workspace_id, encoder, &mut write);
-        }
-    }
-    tokio::task::yield_now().await;
-    write.counts = sum_counts(counts);
-    write
+    let mut pending = Pending::new(node, max_batch);
+    pending.push(events).await;
+    pending.finish().await
 }
 
 /// One count per (workspace, api, key, project, code, granularity, bucket): counts of the
@@ -489,6 +545,51 @@ mod tests {
         // One row per workspace, code and minute, summed across the batches.
         assert_eq!(minute("ws_a"), [20]);
         assert_eq!(minute("ws_b"), [5]);
+    }
+
+    #[tokio::test]
+    async fn encoding_in_steps_writes_what_encoding_at_once_does() {
+        let t = 1_700_000_000_000;
+        let events: Vec<AccessEvent> = (0..40)
+            .map(|i| {
+                let ws = if i % 3 == 0 { "ws_b" } else { "ws_a" };
+                let code = if i % 4 == 0 {
+                    Code::Malformed
+                } else {
+                    Code::NotFound
+                };
+                // Times go back and forth, across a minute boundary.
+                event(ws, code, t + 59_990 + (i * 7919) % 40)
+            })
+            .collect();
+        let sorted = |mut w: Write| {
+            w.batches
+                .sort_by(|a, b| (&a.workspace_id, a.first_ms).cmp(&(&b.workspace_id, b.first_ms)));
+            w.counts.sort_by_key(|c| {
+                (
+                    c.workspace_id.clone(),
+                    c.code.as_str(),
+                    c.granularity as u8,
+                    c.bucket,
+                )
+            });
+            w
+        };
+        let whole = sorted(encode(&events, "node-1", 8).await);
+        for step in [1, 5, 13] {
+            let mut pending = Pending::new("node-1", 8);
+            for chunk in events.chunks(step) {
+                pending.push(chunk).await;
+            }
+            let stepped = sorted(pending.finish().await);
+            assert_eq!(stepped.batches, whole.batches, "steps of {step}");
+            assert_eq!(stepped.counts, whole.counts, "steps of {step}");
+            assert_eq!(
+                (stepped.events, stepped.oldest_ms),
+                (whole.events, whole.oldest_ms)
+            );
+        }
+        assert_eq!(whole.events, 40);
     }
 
     #[test]
