@@ -26,8 +26,10 @@
 
 use crate::clock::{from_unix_ms, to_unix_ms, UnixNanos};
 use crate::duration;
-use crate::model::{QuotaUpdate, Refill, RefillInterval, UsageBatch, UseUpdate, VerifyRecord};
-use crate::verify::{CheckResult, Code, RateLimitState, UsageState};
+use crate::model::{
+    QuotaUpdate, RateLimit, Refill, RefillInterval, UsageBatch, UseUpdate, VerifyRecord,
+};
+use crate::verify::{CheckResult, Code, LimitReading, LimitReadings, UsageState};
 use dashmap::DashMap;
 use smallvec::SmallVec;
 use smol_str::SmolStr;
@@ -310,25 +312,16 @@ impl Limits {
         };
 
         let mut limits: SmallVec<[LimitSlot; 2]> = SmallVec::new();
-        let key_limits = key_cell
-            .iter()
-            .flat_map(|c| key.rate_limits.iter().map(move |l| (c, false, l)));
-        let project_limits = project_cell.iter().flat_map(|c| {
-            record
-                .project
-                .iter()
-                .flat_map(move |p| p.rate_limits.iter().map(move |l| (c, true, l)))
-        });
-        for (cell, project, l) in key_limits.chain(project_limits) {
-            // Stored limits were validated; one that no longer parses is skipped.
-            let Ok(period) = duration::parse(&l.period) else {
+        for (project, l, gcra) in declared(record) {
+            // A key limit has the key cell, a project limit the project cell (see above).
+            let Some(cell) = (if project { &project_cell } else { &key_cell }) else {
                 continue;
             };
             limits.push(LimitSlot {
                 name: SmolStr::new(&l.name),
                 period: l.period.clone(),
                 project,
-                gcra: Gcra::new(l.limit, period),
+                gcra,
                 lock: position(cell),
                 index: cell.lock().slot(&l.name),
             });
@@ -485,7 +478,7 @@ impl Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LimitSlot {
-    /// Inline up to 23 bytes: copied into every verdict without touching a shared count.
+    /// For `?explain=true`'s reasons (verdicts name limits from the key's details).
     name: SmolStr,
     period: String,
     project: bool,
@@ -531,13 +524,28 @@ impl PartialEq for KeyRules {
     }
 }
 
+/// The rate limits a key is charged, in order: its own, then its project's (`true`), each with
+/// its GCRA. A stored limit was validated when set; one whose period no longer parses is
+/// skipped here, and so everywhere (rules and verdicts list the same limits).
+pub fn declared(record: &VerifyRecord) -> impl Iterator<Item = (bool, &RateLimit, Gcra)> {
+    let own = record.key.rate_limits.iter().map(|l| (false, l));
+    let project = record
+        .project
+        .iter()
+        .flat_map(|p| p.rate_limits.iter().map(|l| (true, l)));
+    own.chain(project).filter_map(|(project, l)| {
+        let period = duration::parse(&l.period).ok()?;
+        Some((project, l, Gcra::new(l.limit, period)))
+    })
+}
+
 /// The outcome of the limit and quota checks of one verify.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
     /// `RATE_LIMITED` or `USAGE_EXCEEDED`; `None` when admitted.
     pub denied: Option<Code>,
     /// Every limit (key then project), after this call.
-    pub rate_limits: Vec<RateLimitState>,
+    pub rate_limits: LimitReadings,
     /// The quota after this call, if the key has one.
     pub usage: Option<UsageState>,
     /// The `rate_limit` and `usage` steps of `?explain=true` (empty otherwise).
@@ -590,14 +598,14 @@ impl KeyRules {
             // Nothing to charge, nothing to report.
             return Charge {
                 denied: None,
-                rate_limits: Vec::new(),
+                rate_limits: LimitReadings::new(),
                 usage: None,
                 steps: Vec::new(),
             };
         }
         let mut out = Charge {
             denied: None,
-            rate_limits: Vec::with_capacity(self.limits.len()),
+            rate_limits: LimitReadings::new(),
             usage: None,
             steps: Vec::new(),
         };
@@ -664,9 +672,7 @@ impl KeyRules {
         for (i, slot) in self.limits.iter().enumerate() {
             let tat = tat(&guards, slot);
             let denied_here = rate_denied.is_some_and(|(d, _)| d == i);
-            out.rate_limits.push(RateLimitState {
-                name: slot.name.clone(),
-                limit: slot.gcra.limit,
+            out.rate_limits.push(LimitReading {
                 remaining: if denied_here {
                     0
                 } else {
@@ -996,6 +1002,44 @@ mod tests {
             })
             .count();
         assert_eq!(admitted, 3);
+    }
+
+    #[test]
+    fn verdicts_name_each_reading_with_the_limit_it_was_charged_to() {
+        // Key limits, one whose period no longer parses, then the project's: the readings a
+        // charge returns line up with the names and limits in the key's details.
+        let mut rec = record(
+            vec![
+                limit("second", 2, "1s"),
+                limit("stale", 9, "fortnightly"),
+                limit("day", 5, "1d"),
+            ],
+            None,
+        );
+        if let Some(p) = rec.project.as_mut() {
+            p.rate_limits = vec![limit("shared", 1, "1h")];
+        }
+        let limits = Limits::new();
+        let cached = crate::verify::CachedKey::with_limits(rec, &limits);
+        let charge = cached.rules.charge(&limits, NOW, 1, false);
+        assert_eq!(charge.denied, None);
+        let verdict = crate::verify::VerifyResponse {
+            key: Some(Arc::clone(&cached.details)),
+            limits: charge.rate_limits,
+            ..crate::verify::VerifyResponse::bare(Code::Valid)
+        };
+        let seen: Vec<(String, u64, u64)> = verdict
+            .rate_limits()
+            .map(|l| (l.name.to_string(), l.limit, l.remaining))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("second".to_owned(), 2, 1),
+                ("day".to_owned(), 5, 4),
+                ("shared".to_owned(), 1, 0),
+            ]
+        );
     }
 
     #[test]

@@ -1014,7 +1014,7 @@ impl Service {
             resp.code = code;
             resp.valid = false;
         }
-        resp.rate_limits = charge.rate_limits;
+        resp.limits = charge.rate_limits;
         resp.usage = charge.usage;
         if let Some(steps) = resp.explain.as_mut() {
             steps.extend(charge.steps);

@@ -78,6 +78,27 @@ pub struct RateLimitState {
     pub reset_at: crate::clock::UnixNanos,
 }
 
+/// What a verdict carries of one rate limit: its counter after this call. Its name and
+/// limit are the key's (in [`KeyDetails::rate_limits`], at the same index), so a verdict with
+/// rate limits copies two numbers per limit and allocates nothing for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitReading {
+    pub remaining: u64,
+    /// When the limit is back to its full burst.
+    pub reset_at: crate::clock::UnixNanos,
+}
+
+/// A verdict's readings: inline for up to two limits (the usual case), in the order of
+/// [`KeyDetails::rate_limits`].
+pub type LimitReadings = smallvec::SmallVec<[LimitReading; 2]>;
+
+/// A rate limit as every verdict of the key names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitHeader {
+    pub name: smol_str::SmolStr,
+    pub limit: u64,
+}
+
 /// One step of `?explain=true`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct CheckResult {
@@ -104,7 +125,11 @@ pub struct KeyDetails {
     pub permissions: Vec<String>,
     pub meta: Meta,
     pub expires_at: Option<OffsetDateTime>,
-    /// The fields above as JSON object members (`"key_id":…,…`), serialized once.
+    /// The rate limits the key is charged (its own, then its project's; those whose period
+    /// no longer parses are skipped, as [`crate::limits::declared`] does).
+    pub rate_limits: Vec<LimitHeader>,
+    /// The fields above but the rate limits as JSON object members (`"key_id":…,…`),
+    /// serialized once.
     json: String,
 }
 
@@ -158,6 +183,12 @@ impl KeyDetails {
             permissions,
             meta: k.meta.clone(),
             expires_at: k.expires_at,
+            rate_limits: crate::limits::declared(record)
+                .map(|(_, l, gcra)| LimitHeader {
+                    name: smol_str::SmolStr::new(&l.name),
+                    limit: gcra.limit,
+                })
+                .collect(),
             json: members,
         }
     }
@@ -172,7 +203,8 @@ pub struct VerifyResponse {
     /// The key's details, for every verdict after NOT_FOUND.
     pub key: Option<Arc<KeyDetails>>,
     pub usage: Option<UsageState>,
-    pub rate_limits: Vec<RateLimitState>,
+    /// The rate limits' counters after this call; [`VerifyResponse::rate_limits`] names them.
+    pub limits: LimitReadings,
     pub explain: Option<Vec<CheckResult>>,
 }
 
@@ -184,9 +216,24 @@ impl VerifyResponse {
             code,
             key: None,
             usage: None,
-            rate_limits: Vec::new(),
+            limits: LimitReadings::new(),
             explain: None,
         }
+    }
+
+    /// Every rate limit of the key (its own, then its project's) after this call; empty
+    /// when the key has none or the verdict came before they were charged.
+    pub fn rate_limits(&self) -> impl Iterator<Item = RateLimitState> + '_ {
+        let headers = self.key.as_deref().map_or(&[][..], |k| &k.rate_limits);
+        headers
+            .iter()
+            .zip(&self.limits)
+            .map(|(h, r)| RateLimitState {
+                name: h.name.clone(),
+                limit: h.limit,
+                remaining: r.remaining,
+                reset_at: r.reset_at,
+            })
     }
 
     pub fn key_id(&self) -> Option<&str> {
@@ -209,7 +256,7 @@ impl VerifyResponse {
     /// copied from their cached serialization.
     pub fn to_json(&self) -> Vec<u8> {
         let details = self.key.as_deref().map_or(0, |k| k.json.len());
-        let mut out = Vec::with_capacity(48 + details + 96 * self.rate_limits.len());
+        let mut out = Vec::with_capacity(48 + details + 96 * self.limits.len());
         out.extend_from_slice(if self.valid {
             b"{\"valid\":true,\"code\":\""
         } else {
@@ -226,9 +273,9 @@ impl VerifyResponse {
             out.extend_from_slice(b",\"usage\":");
             let _ = serde_json::to_writer(&mut out, usage);
         }
-        if !self.rate_limits.is_empty() {
+        if !self.limits.is_empty() {
             out.extend_from_slice(b",\"rate_limits\":");
-            let _ = serde_json::to_writer(&mut out, &self.rate_limits);
+            let _ = serde_json::to_writer(&mut out, &RateLimitsJson(self));
         }
         if let Some(explain) = &self.explain {
             out.extend_from_slice(b",\"explain\":");
@@ -264,13 +311,22 @@ impl Serialize for VerifyResponse {
         if let Some(u) = &self.usage {
             map.serialize_entry("usage", u)?;
         }
-        if !self.rate_limits.is_empty() {
-            map.serialize_entry("rate_limits", &self.rate_limits)?;
+        if !self.limits.is_empty() {
+            map.serialize_entry("rate_limits", &RateLimitsJson(self))?;
         }
         if let Some(e) = &self.explain {
             map.serialize_entry("explain", e)?;
         }
         map.end()
+    }
+}
+
+/// A verdict's rate limits as a JSON array of [`RateLimitState`].
+struct RateLimitsJson<'a>(&'a VerifyResponse);
+
+impl Serialize for RateLimitsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.rate_limits())
     }
 }
 
@@ -639,7 +695,7 @@ fn with_details(key: &CachedKey, code: Code) -> VerifyResponse {
         code,
         key: Some(Arc::clone(&key.details)),
         usage: None,
-        rate_limits: Vec::new(),
+        limits: LimitReadings::new(),
         explain: None,
     }
 }
@@ -951,7 +1007,9 @@ pub fn validate_restrictions(r: &Restrictions) -> Result<(), (String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Api, ApiPolicies, DigestVersion, Key, KeyDigest, Project, VerifyRequest};
+    use crate::model::{
+        Api, ApiPolicies, DigestVersion, Key, KeyDigest, Project, RateLimit, VerifyRequest,
+    };
     use crate::secret::KeyMaterial;
     use std::collections::BTreeMap;
     use time::macros::datetime;
@@ -1102,6 +1160,16 @@ mod tests {
             .meta
             .insert("plan".into(), serde_json::json!({"tier": "pro \"x\""}));
         rec.key.expires_at = Some(NOW + time::Duration::days(1));
+        let limit = |name: &str, limit: u64, period: &str| RateLimit {
+            name: name.into(),
+            limit,
+            period: period.into(),
+        };
+        // A period that no longer parses is skipped by the rules, and so by the verdicts.
+        rec.key.rate_limits = vec![limit("per-second", 10, "1s"), limit("old", 5, "soon")];
+        if let Some(p) = rec.project.as_mut() {
+            p.rate_limits = vec![limit("shared \"q\"", 0, "1h")];
+        }
         let with_all = CachedKey::new(rec);
         let mut bare_rec = record(2, "api_1", "prj_1");
         bare_rec.key.project_id = None;
@@ -1110,12 +1178,27 @@ mod tests {
         let expr = crate::perm::parse("admin").expect("valid");
         let mut limited = evaluate(&with_all, &request().input(), None, NOW, false);
         limited.usage = Some(UsageState { remaining: 7 });
-        limited.rate_limits = vec![RateLimitState {
-            name: "per-second".into(),
-            limit: 10,
-            remaining: 9,
-            reset_at: crate::clock::UnixNanos::of(NOW),
-        }];
+        limited.limits = smallvec::smallvec![
+            LimitReading {
+                remaining: 9,
+                reset_at: crate::clock::UnixNanos::of(NOW),
+            },
+            LimitReading {
+                remaining: 0,
+                reset_at: crate::clock::UnixNanos::of(NOW + time::Duration::hours(1)),
+            },
+        ];
+        let named: Vec<(String, u64, u64)> = limited
+            .rate_limits()
+            .map(|l| (l.name.to_string(), l.limit, l.remaining))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("per-second".to_owned(), 10, 9),
+                ("shared \"q\"".to_owned(), 1, 0)
+            ]
+        );
         let cases = [
             VerifyResponse::bare(Code::NotFound),
             VerifyResponse::bare(Code::Malformed),

@@ -444,11 +444,10 @@ fn too_many(p: Problem, verdict: &VerifyResponse) -> Response<GatewayBody> {
     let mut res = problem(p);
     let now = time::OffsetDateTime::now_utc();
     let exhausted = verdict
-        .rate_limits
-        .iter()
+        .rate_limits()
         .filter(|l| l.remaining == 0)
         .max_by_key(|l| l.reset_at)
-        .or_else(|| verdict.rate_limits.iter().max_by_key(|l| l.reset_at));
+        .or_else(|| verdict.rate_limits().max_by_key(|l| l.reset_at));
     let headers: &mut HeaderMap = res.headers_mut();
     match exhausted {
         Some(limit) => {
