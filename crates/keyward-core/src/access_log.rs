@@ -113,7 +113,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// [`Encoder::push`] of an event whose api, key and project ids come from `source`: the
-    /// address of the value they are borrowed from (an `Arc<KeyDetails>`), the same for every
+    /// address of the value they are borrowed from (the `Arc` of a cached key), the same for every
     /// event of that key. Events from one source must carry the same ids, and the source must
     /// stay alive as long as the encoder (it does: the ids are borrowed from it for `'a`), so
     /// that no other value can take its address meanwhile.

@@ -497,16 +497,21 @@ struct QuotaSlot {
 
 /// A cached key's rate limits (its own, then its project's, in declared order), quota and
 /// last use, with handles to their counters.
+///
+/// In declaration order (`repr(C)`): what every verify reads (the last use, whether there is
+/// any counter) first, the limits a charge reads after.
 #[derive(Debug, Clone, Default)]
+#[repr(C)]
 pub struct KeyRules {
-    /// Inline for up to two limits, like the cells below: a verify reads them from the
+    last_use: Option<Arc<LastUse>>,
+    /// The cells (at most two: the key identity's and its project's), present ones first,
+    /// sorted by address: the order they are locked in. None when the key has no limit and
+    /// no quota.
+    locks: [Option<Arc<Cell>>; 2],
+    quota: Option<QuotaSlot>,
+    /// Inline for up to two limits, like the cells above: a verify reads them from the
     /// cached key itself instead of chasing another allocation.
     limits: SmallVec<[LimitSlot; 2]>,
-    quota: Option<QuotaSlot>,
-    /// The cells (at most two: the key identity's and its project's), present ones first,
-    /// sorted by address: the order they are locked in.
-    locks: [Option<Arc<Cell>>; 2],
-    last_use: Option<Arc<LastUse>>,
 }
 
 impl PartialEq for KeyRules {
@@ -594,7 +599,7 @@ impl KeyRules {
     /// least 1 must remain), and commits them all only if all pass. `cost == 0` checks
     /// without charging anything.
     pub fn charge(&self, limits: &Limits, now: OffsetDateTime, cost: u64, explain: bool) -> Charge {
-        if self.limits.is_empty() && self.quota.is_none() && !explain {
+        if self.is_empty() && !explain {
             // Nothing to charge, nothing to report.
             return Charge {
                 denied: None,
@@ -1020,11 +1025,11 @@ mod tests {
             p.rate_limits = vec![limit("shared", 1, "1h")];
         }
         let limits = Limits::new();
-        let cached = crate::verify::CachedKey::with_limits(rec, &limits);
+        let cached = Arc::new(crate::verify::CachedKey::with_limits(rec, &limits));
         let charge = cached.rules.charge(&limits, NOW, 1, false);
         assert_eq!(charge.denied, None);
         let verdict = crate::verify::VerifyResponse {
-            key: Some(Arc::clone(&cached.details)),
+            key: Some(Arc::clone(&cached)),
             limits: charge.rate_limits,
             ..crate::verify::VerifyResponse::bare(Code::Valid)
         };

@@ -5,7 +5,7 @@ use crate::access_log::{EventBatch, EventRef};
 use crate::clock::to_unix_ms;
 use crate::error::StoreError;
 use crate::model::{Listing, Page};
-use crate::verify::{Code, KeyDetails};
+use crate::verify::{CachedKey, Code};
 use async_trait::async_trait;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -46,8 +46,8 @@ pub struct VerificationEvent {
 pub struct AccessEvent {
     pub time_ms: i64,
     pub workspace_id: Arc<str>,
-    /// The key's details, for every verdict after NOT_FOUND.
-    pub key: Option<Arc<KeyDetails>>,
+    /// The cached key (for its details), for every verdict after NOT_FOUND.
+    pub key: Option<Arc<CachedKey>>,
     /// The api a key-less verdict was asked about (the request's `api_id`).
     pub api_id: Option<Box<str>>,
     pub code: Code,
@@ -140,11 +140,14 @@ impl AccessEvent {
         EventRef {
             time_ms: self.time_ms,
             api_id: match &self.key {
-                Some(k) => Some(k.api_id.as_str()),
+                Some(k) => Some(k.details.api_id.as_str()),
                 None => self.api_id.as_deref(),
             },
-            key_id: self.key.as_deref().map(|k| k.key_id.as_str()),
-            project_id: self.key.as_deref().and_then(|k| k.project_id.as_deref()),
+            key_id: self.key.as_deref().map(|k| k.details.key_id.as_str()),
+            project_id: self
+                .key
+                .as_deref()
+                .and_then(|k| k.details.project_id.as_deref()),
             code: self.code,
             ip: attrs.and_then(RequestAttrs::ip),
             method: attrs.and_then(RequestAttrs::method),

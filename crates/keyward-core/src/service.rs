@@ -979,7 +979,7 @@ impl Service {
         let key = &cached.record.key;
         // Security: keys of other workspaces, other apis or apis outside the caller's scope
         // are indistinguishable from unknown keys.
-        if *key.workspace_id != *actor.workspace_id
+        if !cached.in_workspace(&actor.workspace_id)
             || req.api_id.is_some_and(|a| a != key.api_id)
             || !actor.allows("keys.verify", Some(&key.api_id))
         {

@@ -110,9 +110,9 @@ pub struct CheckResult {
 }
 
 /// What every verdict after NOT_FOUND says about the key. Built once when the key is cached
-/// and shared by every response and access-log event, so a verdict costs an `Arc` clone
-/// instead of a copy of each field.
-#[derive(Debug, PartialEq)]
+/// and shared (inside its [`CachedKey`]) by every response and access-log event, so a verdict
+/// costs an `Arc` clone instead of a copy of each field.
+#[derive(Debug, Clone, PartialEq)]
 pub struct KeyDetails {
     pub key_id: String,
     pub api_id: String,
@@ -200,8 +200,9 @@ impl KeyDetails {
 pub struct VerifyResponse {
     pub valid: bool,
     pub code: Code,
-    /// The key's details, for every verdict after NOT_FOUND.
-    pub key: Option<Arc<KeyDetails>>,
+    /// The cached key, for its details ([`VerifyResponse::details`]), for every verdict
+    /// after NOT_FOUND. Shared, not copied: a verdict costs one reference count.
+    pub key: Option<Arc<CachedKey>>,
     pub usage: Option<UsageState>,
     /// The rate limits' counters after this call; [`VerifyResponse::rate_limits`] names them.
     pub limits: LimitReadings,
@@ -224,7 +225,7 @@ impl VerifyResponse {
     /// Every rate limit of the key (its own, then its project's) after this call; empty
     /// when the key has none or the verdict came before they were charged.
     pub fn rate_limits(&self) -> impl Iterator<Item = RateLimitState> + '_ {
-        let headers = self.key.as_deref().map_or(&[][..], |k| &k.rate_limits);
+        let headers = self.details().map_or(&[][..], |k| &k.rate_limits);
         headers
             .iter()
             .zip(&self.limits)
@@ -236,26 +237,31 @@ impl VerifyResponse {
             })
     }
 
+    /// What the verdict says about the key, for every verdict after NOT_FOUND.
+    pub fn details(&self) -> Option<&KeyDetails> {
+        self.key.as_deref().map(|k| &k.details)
+    }
+
     pub fn key_id(&self) -> Option<&str> {
-        self.key.as_deref().map(|k| k.key_id.as_str())
+        self.details().map(|k| k.key_id.as_str())
     }
 
     pub fn api_id(&self) -> Option<&str> {
-        self.key.as_deref().map(|k| k.api_id.as_str())
+        self.details().map(|k| k.api_id.as_str())
     }
 
     pub fn project_id(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| k.project_id.as_deref())
+        self.details().and_then(|k| k.project_id.as_deref())
     }
 
     pub fn external_id(&self) -> Option<&str> {
-        self.key.as_deref().and_then(|k| k.external_id.as_deref())
+        self.details().and_then(|k| k.external_id.as_deref())
     }
 
     /// The JSON body: the same bytes as `serde_json::to_vec(self)`, with the key's details
     /// copied from their cached serialization.
     pub fn to_json(&self) -> Vec<u8> {
-        let details = self.key.as_deref().map_or(0, |k| k.json.len());
+        let details = self.details().map_or(0, |k| k.json.len());
         let mut out = Vec::with_capacity(48 + details + 96 * self.limits.len());
         out.extend_from_slice(if self.valid {
             b"{\"valid\":true,\"code\":\""
@@ -264,7 +270,7 @@ impl VerifyResponse {
         });
         out.extend_from_slice(self.code.as_str().as_bytes());
         out.push(b'"');
-        if let Some(k) = self.key.as_deref() {
+        if let Some(k) = self.details() {
             out.push(b',');
             out.extend_from_slice(k.json.as_bytes());
         }
@@ -292,7 +298,7 @@ impl Serialize for VerifyResponse {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("valid", &self.valid)?;
         map.serialize_entry("code", &self.code)?;
-        if let Some(k) = self.key.as_deref() {
+        if let Some(k) = self.details() {
             map.serialize_entry("key_id", &k.key_id)?;
             map.serialize_entry("api_id", &k.api_id)?;
             if let Some(p) = &k.project_id {
@@ -378,18 +384,55 @@ pub struct VerifyResponseSchema {
 
 /// What the cache holds for one key: the record plus what every verification would otherwise
 /// recompute — the effective permissions and the parsed IP allow-list.
+///
+/// Laid out in declaration order (`repr(C)`), what a verify reads first: the gate's checks,
+/// the details it hands out and the rules it charges sit in the entry's first cache lines,
+/// ahead of the ~1 KB record, which a verify reads only when a check needs more.
 #[derive(Debug, Clone, PartialEq)]
+#[repr(C)]
 pub struct CachedKey {
-    pub record: VerifyRecord,
-    /// What verdicts say about the key. `details.permissions` are the key's own permissions
-    /// plus those of its roles (from `api.roles`), deduplicated, in that order; roles the api
-    /// does not define contribute nothing.
-    pub details: Arc<KeyDetails>,
+    gate: Gate,
     /// `restrictions.ips` parsed; `None` when the key has no IP restriction. Entries that do
     /// not parse are dropped, so a list of only bad entries allows nothing (fails closed).
     ips: Option<Vec<IpNet>>,
     /// Handles to the key's rate-limit and quota counters (empty from [`CachedKey::new`]).
     pub rules: crate::limits::KeyRules,
+    /// What verdicts say about the key. `details.permissions` are the key's own permissions
+    /// plus those of its roles (from `api.roles`), deduplicated, in that order; roles the api
+    /// does not define contribute nothing.
+    pub details: KeyDetails,
+    pub record: VerifyRecord,
+}
+
+/// The fields of the record that every verification checks, copied next to each other.
+#[derive(Debug, Clone, PartialEq)]
+struct Gate {
+    /// The workspace id's bytes, when it fits (ids are 25 bytes), so that the tenant check
+    /// compares them in place instead of following the record's `String`.
+    workspace: Option<([u8; WORKSPACE_INLINE], u8)>,
+    expires_at: Option<OffsetDateTime>,
+    state: KeyState,
+    restricted: bool,
+}
+
+const WORKSPACE_INLINE: usize = 31;
+
+impl Gate {
+    fn new(key: &crate::model::Key) -> Self {
+        let ws = key.workspace_id.as_bytes();
+        let workspace = (ws.len() <= WORKSPACE_INLINE).then(|| {
+            let mut bytes = [0u8; WORKSPACE_INLINE];
+            bytes[..ws.len()].copy_from_slice(ws);
+            // The length fits in a u8: it is at most WORKSPACE_INLINE.
+            (bytes, ws.len() as u8)
+        });
+        Self {
+            workspace,
+            expires_at: key.expires_at,
+            state: key.state,
+            restricted: key.restrictions.is_some(),
+        }
+    }
 }
 
 impl CachedKey {
@@ -399,6 +442,14 @@ impl CachedKey {
         Self {
             rules,
             ..Self::new(record)
+        }
+    }
+
+    /// Whether the key belongs to `workspace_id`.
+    pub fn in_workspace(&self, workspace_id: &str) -> bool {
+        match &self.gate.workspace {
+            Some((bytes, len)) => bytes.get(..usize::from(*len)) == Some(workspace_id.as_bytes()),
+            None => self.record.key.workspace_id == workspace_id,
         }
     }
 
@@ -423,7 +474,8 @@ impl CachedKey {
             .and_then(|r| r.ips.as_ref())
             .map(|list| list.iter().filter_map(|e| parse_ip_entry(e)).collect());
         Self {
-            details: Arc::new(KeyDetails::new(&record, effective)),
+            gate: Gate::new(&record.key),
+            details: KeyDetails::new(&record, effective),
             record,
             ips,
             rules: crate::limits::KeyRules::default(),
@@ -585,7 +637,7 @@ impl KeyCache {
 /// run (starting with `format` and `exists`, which passed to get here), stopping at the first
 /// failure. Nothing is allocated on the way to VALID except the response itself.
 pub fn evaluate(
-    key: &CachedKey,
+    key: &Arc<CachedKey>,
     req: &VerifyInput<'_>,
     expr: Option<&Expr>,
     now: OffsetDateTime,
@@ -598,9 +650,10 @@ pub fn evaluate(
         ]
     });
     let k = &key.record.key;
+    let gate = &key.gate;
 
     let code = 'checks: {
-        let revoked = k.state == KeyState::Revoked;
+        let revoked = gate.state == KeyState::Revoked;
         if let Some(steps) = steps.as_mut() {
             let reason = match (revoked, k.revoked_at) {
                 (false, _) => "key is not revoked".to_owned(),
@@ -613,7 +666,7 @@ pub fn evaluate(
             break 'checks Code::Revoked;
         }
 
-        let disabled = k.state == KeyState::Disabled;
+        let disabled = gate.state == KeyState::Disabled;
         if let Some(steps) = steps.as_mut() {
             let reason = match (disabled, &k.state_reason) {
                 (false, _) => "key is enabled".to_owned(),
@@ -626,7 +679,7 @@ pub fn evaluate(
             break 'checks Code::Disabled;
         }
 
-        let expired = k.expires_at.is_some_and(|at| at <= now);
+        let expired = gate.expires_at.is_some_and(|at| at <= now);
         if let Some(steps) = steps.as_mut() {
             let reason = match k.expires_at {
                 None => "key does not expire".to_owned(),
@@ -689,11 +742,11 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// A response carrying the key's details, for VALID and every denial after NOT_FOUND.
-fn with_details(key: &CachedKey, code: Code) -> VerifyResponse {
+fn with_details(key: &Arc<CachedKey>, code: Code) -> VerifyResponse {
     VerifyResponse {
         valid: code == Code::Valid,
         code,
-        key: Some(Arc::clone(&key.details)),
+        key: Some(Arc::clone(key)),
         usage: None,
         limits: LimitReadings::new(),
         explain: None,
@@ -731,6 +784,9 @@ impl Failed {
 
 /// The first restriction the request fails, if any. Allocates nothing.
 fn check_restrictions(key: &CachedKey, req: &VerifyInput<'_>) -> Option<Failed> {
+    if !key.gate.restricted {
+        return None;
+    }
     let r = key.record.key.restrictions.as_ref()?;
     if let Some(nets) = &key.ips {
         let Some(ip) = req.ip else {
@@ -1016,6 +1072,17 @@ mod tests {
 
     const NOW: OffsetDateTime = datetime!(2025-01-01 12:00 UTC);
 
+    /// [`super::evaluate`] of a key as a cache fill would share it.
+    fn evaluate(
+        key: &CachedKey,
+        req: &VerifyInput<'_>,
+        expr: Option<&Expr>,
+        now: OffsetDateTime,
+        explain: bool,
+    ) -> VerifyResponse {
+        super::evaluate(&Arc::new(key.clone()), req, expr, now, explain)
+    }
+
     fn record(digest: u8, api: &str, project: &str) -> VerifyRecord {
         let mut roles = BTreeMap::new();
         roles.insert(
@@ -1113,7 +1180,7 @@ mod tests {
         assert_eq!(resp.api_id(), Some("api_1"));
         assert_eq!(resp.project_id(), Some("prj_1"));
         assert_eq!(resp.external_id(), Some("cus_42"));
-        let details = resp.key.as_deref().expect("details");
+        let details = resp.details().expect("details");
         assert_eq!(details.name, "test key");
         assert_eq!(details.permissions.len(), 3);
         assert!(resp.explain.is_none());
@@ -1213,6 +1280,25 @@ mod tests {
                 String::from_utf8_lossy(&resp.to_json()),
                 String::from_utf8_lossy(&serde)
             );
+        }
+    }
+
+    #[test]
+    fn the_tenant_check_compares_the_whole_workspace_id() {
+        let mut rec = record(1, "api_1", "prj_1");
+        let short = CachedKey::new(rec.clone());
+        assert!(short.in_workspace("ws_1"));
+        for other in ["", "ws_", "ws_2", "ws_10", "WS_1", "ws_1\0"] {
+            assert!(!short.in_workspace(other), "{other:?}");
+        }
+        // Ids that fill the inline bytes exactly, and ids longer than them.
+        for len in [WORKSPACE_INLINE, WORKSPACE_INLINE + 1, 64] {
+            let id = format!("ws_{}", "x".repeat(len - 3));
+            rec.key.workspace_id.clone_from(&id);
+            let k = CachedKey::new(rec.clone());
+            assert!(k.in_workspace(&id), "{len}");
+            assert!(!k.in_workspace(&id[..len - 1]), "{len}");
+            assert!(!k.in_workspace(&format!("{id}x")), "{len}");
         }
     }
 

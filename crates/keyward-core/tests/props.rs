@@ -12,6 +12,7 @@ use keyward_core::{duration, KeyMaterial};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 fn prefix() -> impl Strategy<Value = String> {
@@ -271,9 +272,9 @@ proptest! {
     }
 }
 
-fn record_with_ips(ips: Vec<String>) -> CachedKey {
+fn record_with_ips(ips: Vec<String>) -> Arc<CachedKey> {
     let now = OffsetDateTime::UNIX_EPOCH;
-    CachedKey::new(VerifyRecord {
+    Arc::new(CachedKey::new(VerifyRecord {
         key: Key {
             id: "key_1".to_owned(),
             workspace_id: "ws_1".to_owned(),
@@ -322,10 +323,10 @@ fn record_with_ips(ips: Vec<String>) -> CachedKey {
             updated_at: now,
         },
         project: None,
-    })
+    }))
 }
 
-fn ip_allowed(key: &CachedKey, ip: String) -> bool {
+fn ip_allowed(key: &Arc<CachedKey>, ip: String) -> bool {
     let req = VerifyRequest {
         key: KeyMaterial::new("kw_x".to_owned()),
         ip: Some(ip),
