@@ -385,9 +385,9 @@ pub struct VerifyResponseSchema {
 /// What the cache holds for one key: the record plus what every verification would otherwise
 /// recompute — the effective permissions and the parsed IP allow-list.
 ///
-/// Laid out in declaration order (`repr(C)`), what a verify reads first: the gate's checks,
-/// the details it hands out and the rules it charges sit in the entry's first cache lines,
-/// ahead of the ~1 KB record, which a verify reads only when a check needs more.
+/// Laid out in declaration order (`repr(C)`), what a verify reads first: the gate's checks
+/// and the rules it charges sit in the entry's first cache lines; then the details, read when
+/// a verdict is written; the ~1 KB record last, read only when a check needs more.
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub struct CachedKey {
