@@ -985,23 +985,21 @@ impl Service {
         {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         }
-        let mut resp = crate::verify::evaluate(&cached, req, expr, now, explain);
-        self.apply_rules(&cached, req, now, &mut resp);
+        let mut resp = crate::verify::evaluate(cached, req, expr, now, explain);
+        self.apply_rules(req, now, &mut resp);
         Ok(resp)
     }
 
     /// The checks after permissions: records the use of a live key, then (if every earlier
-    /// check passed) charges its rate limits and quota, all or nothing.
-    fn apply_rules(
-        &self,
-        cached: &CachedKey,
-        req: &VerifyInput<'_>,
-        now: OffsetDateTime,
-        resp: &mut VerifyResponse,
-    ) {
+    /// check passed) charges its rate limits and quota, all or nothing. The key is the
+    /// verdict's.
+    fn apply_rules(&self, req: &VerifyInput<'_>, now: OffsetDateTime, resp: &mut VerifyResponse) {
         if matches!(resp.code, Code::Revoked | Code::Disabled | Code::Expired) {
             return;
         }
+        let Some(cached) = resp.key.as_deref() else {
+            return;
+        };
         cached.rules.touch(&self.limits, now, req.ip);
         if resp.code != Code::Valid {
             return;

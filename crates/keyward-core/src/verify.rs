@@ -636,8 +636,11 @@ impl KeyCache {
 /// Every response carries the key's details. With `explain`, one [`CheckResult`] per check
 /// run (starting with `format` and `exists`, which passed to get here), stopping at the first
 /// failure. Nothing is allocated on the way to VALID except the response itself.
+///
+/// Takes the lookup's reference to the entry and hands it to the verdict, so a verify
+/// counts the entry's references up and down once, not twice.
 pub fn evaluate(
-    key: &Arc<CachedKey>,
+    key: Arc<CachedKey>,
     req: &VerifyInput<'_>,
     expr: Option<&Expr>,
     now: OffsetDateTime,
@@ -692,7 +695,7 @@ pub fn evaluate(
             break 'checks Code::Expired;
         }
 
-        let failed = check_restrictions(key, req);
+        let failed = check_restrictions(&key, req);
         if let Some(steps) = steps.as_mut() {
             let reason = match failed {
                 None if k.restrictions.is_none() => "key has no restrictions".to_owned(),
@@ -742,11 +745,11 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// A response carrying the key's details, for VALID and every denial after NOT_FOUND.
-fn with_details(key: &Arc<CachedKey>, code: Code) -> VerifyResponse {
+fn with_details(key: Arc<CachedKey>, code: Code) -> VerifyResponse {
     VerifyResponse {
         valid: code == Code::Valid,
         code,
-        key: Some(Arc::clone(key)),
+        key: Some(key),
         usage: None,
         limits: LimitReadings::new(),
         explain: None,
@@ -1080,7 +1083,7 @@ mod tests {
         now: OffsetDateTime,
         explain: bool,
     ) -> VerifyResponse {
-        super::evaluate(&Arc::new(key.clone()), req, expr, now, explain)
+        super::evaluate(Arc::new(key.clone()), req, expr, now, explain)
     }
 
     fn record(digest: u8, api: &str, project: &str) -> VerifyRecord {

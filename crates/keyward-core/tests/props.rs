@@ -332,7 +332,15 @@ fn ip_allowed(key: &Arc<CachedKey>, ip: String) -> bool {
         ip: Some(ip),
         ..VerifyRequest::default()
     };
-    verify::evaluate(key, &req.input(), None, OffsetDateTime::UNIX_EPOCH, false).code == Code::Valid
+    verify::evaluate(
+        Arc::clone(key),
+        &req.input(),
+        None,
+        OffsetDateTime::UNIX_EPOCH,
+        false,
+    )
+    .code
+        == Code::Valid
 }
 
 proptest! {
