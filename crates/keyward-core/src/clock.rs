@@ -6,6 +6,13 @@ use time::OffsetDateTime;
 /// A source of the current time. Tests use [`FakeClock`]; production uses [`SystemClock`].
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> OffsetDateTime;
+
+    /// [`Clock::now`] in milliseconds since the epoch, truncated like [`to_unix_ms`]. The
+    /// verify path reads the time only in this form: a clock that can tell it without
+    /// building a calendar date should.
+    fn now_ms(&self) -> i64 {
+        to_unix_ms(self.now())
+    }
 }
 
 /// The operating system's wall clock.
@@ -15,6 +22,16 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+
+    /// The same clock as `now` (`SystemTime`), without the calendar: truncated toward zero,
+    /// like [`to_unix_ms`], on both sides of the epoch.
+    fn now_ms(&self) -> i64 {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(since) => ms(since),
+            Err(before) => -ms(before.duration()),
+        }
     }
 }
 
@@ -49,6 +66,10 @@ impl Clock for FakeClock {
         let ms = self.unix_ms.load(Ordering::SeqCst);
         OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.unix_ms.load(Ordering::SeqCst)
     }
 }
 
@@ -91,6 +112,11 @@ impl UnixNanos {
         }))
     }
 
+    /// `ms` milliseconds since the epoch, saturating like [`UnixNanos::of`].
+    pub fn from_unix_ms(ms: i64) -> Self {
+        Self(ms.saturating_mul(1_000_000))
+    }
+
     /// Milliseconds since the epoch, truncated like [`to_unix_ms`].
     pub fn unix_ms(self) -> i64 {
         self.0 / 1_000_000
@@ -105,6 +131,12 @@ impl UnixNanos {
         OffsetDateTime::from_unix_timestamp(secs)
             .and_then(|t| t.replace_nanosecond(nanos))
             .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+impl From<OffsetDateTime> for UnixNanos {
+    fn from(t: OffsetDateTime) -> Self {
+        Self::of(t)
     }
 }
 
@@ -135,6 +167,30 @@ mod tests {
             assert_eq!(to_unix_ms(t), (ns / 1_000_000) as i64, "{ns}");
             assert_eq!(UnixNanos::of(t).unix_ms(), to_unix_ms(t), "{ns}");
         }
+    }
+
+    #[test]
+    fn each_clock_tells_the_same_milliseconds_with_or_without_the_calendar() {
+        for _ in 0..1000 {
+            let before = to_unix_ms(SystemClock.now());
+            let ms = SystemClock.now_ms();
+            let after = to_unix_ms(SystemClock.now());
+            assert!(before <= ms && ms <= after, "{before} <= {ms} <= {after}");
+        }
+        let fake = FakeClock::new(time::macros::datetime!(2026-11-28 12:34:56.789_999 UTC));
+        assert_eq!(fake.now_ms(), to_unix_ms(fake.now()));
+        fake.set(time::macros::datetime!(1969-12-31 23:59:59.9995 UTC));
+        assert_eq!(fake.now_ms(), to_unix_ms(fake.now()));
+        for ms in [0i64, 1, -1, 1_764_000_000_123, -1_500] {
+            assert_eq!(UnixNanos::from_unix_ms(ms).unix_ms(), ms);
+            assert_eq!(
+                UnixNanos::from_unix_ms(ms),
+                UnixNanos::of(from_unix_ms(ms)),
+                "{ms}"
+            );
+        }
+        assert_eq!(UnixNanos::from_unix_ms(i64::MAX), UnixNanos(i64::MAX));
+        assert_eq!(UnixNanos::from_unix_ms(i64::MIN), UnixNanos(i64::MIN));
     }
 
     #[test]

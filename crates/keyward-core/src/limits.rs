@@ -569,11 +569,11 @@ impl KeyRules {
     }
 
     /// Records a use of the key at `now` from `ip`, for `last_used_at`/`last_used_ip`.
-    pub fn touch(&self, limits: &Limits, now: OffsetDateTime, ip: Option<&str>) {
+    pub fn touch(&self, limits: &Limits, now: impl Into<UnixNanos>, ip: Option<&str>) {
         let Some(u) = &self.last_use else {
             return;
         };
-        let now_ms = to_unix_ms(now);
+        let now_ms = now.into().unix_ms();
         if u.at_ms.load(Ordering::Relaxed) < now_ms {
             u.at_ms.fetch_max(now_ms, Ordering::SeqCst);
         }
@@ -598,7 +598,13 @@ impl KeyRules {
     /// Checks every rate limit (one call each, in order) and then the quota (`cost`, at
     /// least 1 must remain), and commits them all only if all pass. `cost == 0` checks
     /// without charging anything.
-    pub fn charge(&self, limits: &Limits, now: OffsetDateTime, cost: u64, explain: bool) -> Charge {
+    pub fn charge(
+        &self,
+        limits: &Limits,
+        now: impl Into<UnixNanos>,
+        cost: u64,
+        explain: bool,
+    ) -> Charge {
         if self.is_empty() && !explain {
             // Nothing to charge, nothing to report.
             return Charge {
@@ -614,7 +620,7 @@ impl KeyRules {
             usage: None,
             steps: Vec::new(),
         };
-        let now_ns = UnixNanos::of(now);
+        let now_ns: UnixNanos = now.into();
         let now_ms = now_ns.unix_ms();
         let now_ns = now_ns.0;
         // One lock per owner (the key identity, its project), in address order.

@@ -1,7 +1,7 @@
 //! The domain facade: every admin operation and every verify goes through [`Service`], whether
 //! it came from the HTTP API, the CLI or the portal. Permission checks happen here, first.
 
-use crate::clock::{to_unix_ms, Clock};
+use crate::clock::{to_unix_ms, Clock, UnixNanos};
 use crate::digest::{ct_eq, Peppers};
 use crate::error::{Error, Kind, StoreError};
 use crate::model::{
@@ -943,7 +943,9 @@ impl Service {
         expr: Option<&perm::Expr>,
         explain: bool,
     ) -> Result<VerifyResponse, Error> {
-        let now = self.now();
+        // Read without a calendar date: a verify compares and records instants, and never
+        // needs one (see `Clock::now_ms`).
+        let now = UnixNanos::from_unix_ms(self.clock.now_ms());
         let verdict = self.decide(actor, req, expr, explain, now).await?;
         // The one recording call: after every check, limit and quota, with the final code.
         self.record(actor, req, &verdict, now);
@@ -957,7 +959,7 @@ impl Service {
         req: &VerifyInput<'_>,
         expr: Option<&perm::Expr>,
         explain: bool,
-        now: OffsetDateTime,
+        now: UnixNanos,
     ) -> Result<VerifyResponse, Error> {
         actor.require_any("keys.verify")?;
         if let Some(api_id) = req.api_id {
@@ -993,7 +995,7 @@ impl Service {
     /// The checks after permissions: records the use of a live key, then (if every earlier
     /// check passed) charges its rate limits and quota, all or nothing. The key is the
     /// verdict's.
-    fn apply_rules(&self, req: &VerifyInput<'_>, now: OffsetDateTime, resp: &mut VerifyResponse) {
+    fn apply_rules(&self, req: &VerifyInput<'_>, now: UnixNanos, resp: &mut VerifyResponse) {
         if matches!(resp.code, Code::Revoked | Code::Disabled | Code::Expired) {
             return;
         }
@@ -1212,7 +1214,7 @@ impl Service {
         actor: &Actor,
         req: &VerifyInput<'_>,
         verdict: &VerifyResponse,
-        now: OffsetDateTime,
+        now: UnixNanos,
     ) {
         let Some(recorder) = self.recorder.get() else {
             return;
@@ -1229,7 +1231,7 @@ impl Service {
             )
         });
         recorder.record(AccessEvent {
-            time_ms: to_unix_ms(now),
+            time_ms: now.unix_ms(),
             workspace_id: Arc::clone(&actor.workspace_id),
             key: verdict.key.clone(),
             api_id: match verdict.key {

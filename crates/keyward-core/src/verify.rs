@@ -3,6 +3,7 @@
 //! Checks run in the order of [`Code`]'s declaration (after `Valid`); limits and quota are
 //! charged only when every earlier check passed.
 
+use crate::clock::UnixNanos;
 use crate::model::{KeyState, Meta, Restrictions, VerifyInput, VerifyRecord};
 use crate::perm::Expr;
 use dashmap::DashMap;
@@ -410,7 +411,7 @@ struct Gate {
     /// The workspace id's bytes, when it fits (ids are 25 bytes), so that the tenant check
     /// compares them in place instead of following the record's `String`.
     workspace: Option<([u8; WORKSPACE_INLINE], u8)>,
-    expires_at: Option<OffsetDateTime>,
+    expires_at: Option<UnixNanos>,
     state: KeyState,
     restricted: bool,
 }
@@ -428,7 +429,7 @@ impl Gate {
         });
         Self {
             workspace,
-            expires_at: key.expires_at,
+            expires_at: key.expires_at.map(UnixNanos::of),
             state: key.state,
             restricted: key.restrictions.is_some(),
         }
@@ -643,9 +644,10 @@ pub fn evaluate(
     key: Arc<CachedKey>,
     req: &VerifyInput<'_>,
     expr: Option<&Expr>,
-    now: OffsetDateTime,
+    now: impl Into<UnixNanos>,
     explain: bool,
 ) -> VerifyResponse {
+    let now = now.into();
     let mut steps = explain.then(|| {
         vec![
             step("format", true, "key is well-formed".to_owned()),
