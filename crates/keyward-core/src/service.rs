@@ -16,7 +16,9 @@ use crate::records::{
 };
 use crate::secret::KeyMaterial;
 use crate::store::Store;
-use crate::verify::{CachedKey, CheckResult, Code, KeyCache, MissCache, VerifyResponse};
+use crate::verify::{
+    CachedKey, CheckResult, Code, DigestHashBuilder, KeyCache, MissCache, VerifyResponse,
+};
 use crate::{duration, id, keyfmt, perm};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,8 +86,9 @@ pub struct Service {
     cache: KeyCache,
     /// Digests of keys and root keys that were presented and do not exist.
     misses: MissCache,
-    /// Root keys by digest. Filled on first use, emptied of a key when it is revoked.
-    root_cache: DashMap<[u8; 32], Arc<Actor>>,
+    /// Root keys by digest. Filled on first use, emptied of a key when it is revoked. Keyed
+    /// like the key cache: digests are already uniform, so they skip SipHash.
+    root_cache: DashMap<[u8; 32], Arc<Actor>, DigestHashBuilder>,
     root_epoch: AtomicU64,
     /// Rate-limit and quota counters, and last uses waiting to be flushed.
     limits: crate::limits::Limits,
@@ -109,7 +112,7 @@ impl Service {
             peppers,
             cache: KeyCache::new(),
             misses: MissCache::new(MISS_CACHE_CAPACITY),
-            root_cache: DashMap::new(),
+            root_cache: DashMap::with_hasher(DigestHashBuilder),
             root_epoch: AtomicU64::new(0),
             limits: crate::limits::Limits::new(),
             usage_writes: tokio::sync::Mutex::new(()),
