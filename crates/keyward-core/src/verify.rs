@@ -98,6 +98,26 @@ pub type LimitReadings = smallvec::SmallVec<[LimitReading; 2]>;
 pub struct LimitHeader {
     pub name: smol_str::SmolStr,
     pub limit: u64,
+    /// `{"name":…,"limit":…,"remaining":`, what every verdict's JSON says first about it.
+    json_head: Box<str>,
+}
+
+impl LimitHeader {
+    pub fn new(name: &str, limit: u64) -> Self {
+        let mut head = String::from("{\"name\":");
+        // Writing a string into a String cannot fail.
+        if let Ok(name) = serde_json::to_string(name) {
+            head.push_str(&name);
+        }
+        head.push_str(",\"limit\":");
+        head.push_str(itoa::Buffer::new().format(limit));
+        head.push_str(",\"remaining\":");
+        Self {
+            name: smol_str::SmolStr::new(name),
+            limit,
+            json_head: head.into(),
+        }
+    }
 }
 
 /// One step of `?explain=true`.
@@ -185,10 +205,7 @@ impl KeyDetails {
             meta: k.meta.clone(),
             expires_at: k.expires_at,
             rate_limits: crate::limits::declared(record)
-                .map(|(_, l, gcra)| LimitHeader {
-                    name: smol_str::SmolStr::new(&l.name),
-                    limit: gcra.limit,
-                })
+                .map(|(_, l, gcra)| LimitHeader::new(&l.name, gcra.limit))
                 .collect(),
             json: members,
         }
@@ -262,8 +279,13 @@ impl VerifyResponse {
     /// The JSON body: the same bytes as `serde_json::to_vec(self)`, with the key's details
     /// copied from their cached serialization.
     pub fn to_json(&self) -> Vec<u8> {
-        let details = self.details().map_or(0, |k| k.json.len());
-        let mut out = Vec::with_capacity(48 + details + 96 * self.limits.len());
+        // Room for all of it: the verdict's head, the key's details, the quota and each limit
+        // (its head, two numbers, an instant, the punctuation).
+        let (details, limits) = self.details().map_or((0, 0), |k| {
+            let limits = k.rate_limits.iter().map(|h| h.json_head.len() + 80).sum();
+            (k.json.len(), limits)
+        });
+        let mut out = Vec::with_capacity(96 + details + limits);
         out.extend_from_slice(if self.valid {
             b"{\"valid\":true,\"code\":\""
         } else {
@@ -275,15 +297,29 @@ impl VerifyResponse {
             out.push(b',');
             out.extend_from_slice(k.json.as_bytes());
         }
-        // Writing plain data into a Vec cannot fail.
+        // By hand, as `UsageState` and `RateLimitState` serialize: through serde, a key's
+        // quota and two limits cost ~4,000 instructions a verify, most of the rules' cost.
         if let Some(usage) = &self.usage {
-            out.extend_from_slice(b",\"usage\":");
-            let _ = serde_json::to_writer(&mut out, usage);
+            out.extend_from_slice(b",\"usage\":{\"remaining\":");
+            out.extend_from_slice(itoa::Buffer::new().format(usage.remaining).as_bytes());
+            out.push(b'}');
         }
         if !self.limits.is_empty() {
-            out.extend_from_slice(b",\"rate_limits\":");
-            let _ = serde_json::to_writer(&mut out, &RateLimitsJson(self));
+            out.extend_from_slice(b",\"rate_limits\":[");
+            let heads = self.details().map_or(&[][..], |k| &k.rate_limits);
+            for (i, (head, reading)) in heads.iter().zip(&self.limits).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(head.json_head.as_bytes());
+                out.extend_from_slice(itoa::Buffer::new().format(reading.remaining).as_bytes());
+                out.extend_from_slice(b",\"reset_at\":\"");
+                reading.reset_at.write_rfc3339(&mut out);
+                out.extend_from_slice(b"\"}");
+            }
+            out.push(b']');
         }
+        // Writing plain data into a Vec cannot fail.
         if let Some(explain) = &self.explain {
             out.extend_from_slice(b",\"explain\":");
             let _ = serde_json::to_writer(&mut out, explain);
@@ -1271,6 +1307,30 @@ mod tests {
                 ("shared \"q\"".to_owned(), 1, 0)
             ]
         );
+        // Names JSON must escape, and counters and instants at their extremes.
+        let mut odd_rec = record(3, "api_1", "prj_1");
+        odd_rec.key.rate_limits = vec![limit("ünï\\code\t\u{1}", u64::MAX, "1d")];
+        odd_rec.project = None;
+        let odd = CachedKey::new(odd_rec);
+        let mut extremes = Vec::new();
+        for reset_at in [
+            i64::MIN,
+            -1,
+            0,
+            1_764_000_000_123_456_789,
+            1_764_000_000_100_000_000,
+            i64::MAX,
+        ] {
+            for remaining in [0, 1, u64::MAX] {
+                let mut resp = evaluate(&odd, &request().input(), None, NOW, false);
+                resp.usage = Some(UsageState { remaining });
+                resp.limits = smallvec::smallvec![LimitReading {
+                    remaining,
+                    reset_at: crate::clock::UnixNanos(reset_at),
+                }];
+                extremes.push(resp);
+            }
+        }
         let cases = [
             VerifyResponse::bare(Code::NotFound),
             VerifyResponse::bare(Code::Malformed),
@@ -1278,7 +1338,9 @@ mod tests {
             evaluate(&with_all, &request().input(), Some(&expr), NOW, true),
             evaluate(&bare, &request().input(), None, NOW, true),
             limited,
-        ];
+        ]
+        .into_iter()
+        .chain(extremes);
         for resp in cases {
             let serde = serde_json::to_vec(&resp).expect("serializes");
             assert_eq!(
