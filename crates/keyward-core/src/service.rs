@@ -925,15 +925,28 @@ impl Service {
         req: &VerifyRequest,
         explain: bool,
     ) -> Result<VerifyResponse, Error> {
-        let expr = match req.permissions.as_deref() {
+        self.verify_input(actor, &req.input(), req.permissions.as_deref(), explain)
+            .await
+    }
+
+    /// [`Service::verify`] of a borrowed request and its permission expression, for callers
+    /// that read the request's fields without copying them (the HTTP fast path borrows them
+    /// from the body).
+    pub async fn verify_input(
+        &self,
+        actor: &Actor,
+        req: &VerifyInput<'_>,
+        permissions: Option<&str>,
+        explain: bool,
+    ) -> Result<VerifyResponse, Error> {
+        let expr = match permissions {
             Some(s) => Some(perm::parse(s).map_err(|e| Error::InvalidExpression {
                 position: e.position,
                 message: e.message,
             })?),
             None => None,
         };
-        self.verify_parsed(actor, &req.input(), expr.as_ref(), explain)
-            .await
+        self.verify_parsed(actor, req, expr.as_ref(), explain).await
     }
 
     /// [`Service::verify`] of a borrowed request, with the permission expression already
