@@ -38,6 +38,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Bytes;
 use keyward_core::model::{VerifyInput, VerifyRequest};
 use keyward_core::secret::KeyRef;
+use keyward_core::service::Actor;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -148,6 +149,10 @@ impl FastVerify {
     /// What needs the request head (body limit, root key, query, content type) is read
     /// here, before the future is made, so that the future keeps none of the head; errors
     /// are still reported in the router's order. None of it can panic.
+    ///
+    /// Speed: a plain function returning combinators, not an `async` block around
+    /// `verify_key`, which would keep what it passes on twice, in its own state and in the
+    /// inner future's.
     fn verify<B>(
         &self,
         req: Request<B>,
@@ -162,14 +167,18 @@ impl FastVerify {
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        let too_large = declared.is_some_and(|len| len > self.state.body_limit);
-        let head = (!too_large).then(|| Head::read(&self.state, &parts));
+        if declared.is_some_and(|len| len > self.state.body_limit) {
+            let refused = ApiError::payload_too_large().into_response();
+            return future::Either::Left(future::ready(Err(refused)));
+        }
+        let caller = Caller::read(&self.state, &parts);
         drop(parts);
-        async move {
-            let Some(head) = head else {
-                return Err(ApiError::payload_too_large().into_response());
-            };
-            self.verify_key(head, body).await.map_err(|e| {
+        let answer = match caller {
+            Ok(caller) => future::Either::Left(self.verify_key(caller, body)),
+            Err(e) => future::Either::Right(future::ready(Err(e))),
+        };
+        future::Either::Right(answer.map(|answer| {
+            answer.map_err(|e| {
                 let mut res = e.into_response();
                 // Security: as the `/v1` layer, no cache keeps an answer about a key.
                 res.headers_mut()
@@ -177,24 +186,25 @@ impl FastVerify {
                     .or_insert(HeaderValue::from_static("no-store"));
                 res
             })
-        }
+        }))
     }
 
-    /// `routes::keys::verify_key`, from what [`Head::read`] took from the request head.
-    async fn verify_key<B>(&self, head: Head, body: B) -> Result<Response<Full<Bytes>>, ApiError>
+    /// `routes::keys::verify_key`, once [`Caller::read`] has checked the request head.
+    async fn verify_key<B>(
+        &self,
+        caller: Caller,
+        body: B,
+    ) -> Result<Response<Full<Bytes>>, ApiError>
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
     {
         let state = &self.state;
-        let actor = match head.caller {
-            Caller::Known(known) => known?,
+        let (actor, explain) = match caller {
+            Caller::Known(actor, explain) => (actor, explain),
             Caller::Lookup(lookup) => lookup.await?,
         };
-        let query = head.query?;
-        head.json?;
         let bytes = extract::read_body(body, state.body_limit).await?;
-        let explain = query.explain.unwrap_or(false);
         let started = Instant::now();
         let verdict = match serde_json::from_slice::<BorrowedBody<'_>>(&bytes) {
             Ok(body) => {
@@ -205,11 +215,7 @@ impl FastVerify {
             }
             // Whatever the borrowed reading refused, the owned one answers as the router
             // (boxed: this rare path does not add its size to every request's future).
-            Err(_) => {
-                let req: VerifyRequest = extract::parse_json(&bytes)?;
-                drop(bytes);
-                Box::pin(state.service.verify(&actor, &req, explain)).await?
-            }
+            Err(_) => Box::pin(verify_owned(state, &actor, bytes, explain)).await?,
         };
         state.records.metrics.observe_latency(started.elapsed());
 
@@ -223,6 +229,19 @@ impl FastVerify {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok(res)
     }
+}
+
+/// [`FastVerify::verify_key`]'s verdict for a body it could not read in place: read owned,
+/// as the router reads it.
+async fn verify_owned(
+    state: &AppState,
+    actor: &Actor,
+    bytes: Bytes,
+    explain: bool,
+) -> Result<keyward_core::verify::VerifyResponse, ApiError> {
+    let req: VerifyRequest = extract::parse_json(&bytes)?;
+    drop(bytes);
+    Ok(state.service.verify(actor, &req, explain).await?)
 }
 
 /// A verify body read in place: [`VerifyRequest`]'s fields, borrowed from the request's bytes.
@@ -267,40 +286,34 @@ impl<'a> BorrowedBody<'a> {
     }
 }
 
-/// What verify needs from the request head, read before its future is made: each extractor's
-/// outcome, reported later in the router's order (authentication first).
-struct Head {
-    caller: Caller,
-    query: Result<VerifyQuery, ApiError>,
-    json: Result<(), ApiError>,
-}
-
-/// The caller, known from the root-key cache, or still to be looked up in the store (in a
-/// boxed future: the common case does not carry that future's size).
+/// The caller, with the `explain` query flag, once the request head passed the extractors'
+/// checks: known from the root-key cache, or still to be looked up in the store (in a boxed
+/// future, which reports the query's and content type's errors after the lookup's, in the
+/// router's order; the common case does not carry that future's size).
 enum Caller {
-    Known(Result<Arc<keyward_core::service::Actor>, ApiError>),
-    Lookup(
-        Pin<Box<dyn Future<Output = Result<Arc<keyward_core::service::Actor>, ApiError>> + Send>>,
-    ),
+    Known(Arc<Actor>, bool),
+    Lookup(Pin<Box<dyn Future<Output = Result<(Arc<Actor>, bool), ApiError>> + Send>>),
 }
 
-impl Head {
-    fn read(state: &AppState, parts: &http::request::Parts) -> Self {
+impl Caller {
+    /// The extractors' checks of the head, in their order: authentication, query, content
+    /// type. The first error is returned (for a root key not cached, once it is looked up).
+    fn read(state: &AppState, parts: &http::request::Parts) -> Result<Self, ApiError> {
+        let then = extract::parse_query(&parts.uri).and_then(|query: VerifyQuery| {
+            extract::require_json(&parts.headers)?;
+            Ok(query.explain.unwrap_or(false))
+        });
         // Verify changes nothing, so the actor needs no audit copy (request id, peer ip).
-        let caller = match auth::authenticate_cached(&state.service, &parts.headers) {
-            Some(known) => Caller::Known(known),
+        match auth::authenticate_cached(&state.service, &parts.headers) {
+            Some(known) => Ok(Self::Known(known?, then?)),
             None => {
                 let service = Arc::clone(&state.service);
                 let headers = parts.headers.clone();
-                Caller::Lookup(Box::pin(async move {
-                    auth::authenticate(&service, &headers).await
-                }))
+                Ok(Self::Lookup(Box::pin(async move {
+                    let actor = auth::authenticate(&service, &headers).await?;
+                    Ok((actor, then?))
+                })))
             }
-        };
-        Self {
-            caller,
-            query: extract::parse_query(&parts.uri),
-            json: extract::require_json(&parts.headers),
         }
     }
 }
