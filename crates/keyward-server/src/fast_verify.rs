@@ -63,7 +63,7 @@ pub type DispatchBody = Either<Full<Bytes>, axum::body::Body>;
 #[derive(Clone)]
 pub struct Dispatch {
     router: Router,
-    verify: FastVerify,
+    verify: Arc<FastVerify>,
 }
 
 impl Dispatch {
@@ -73,7 +73,7 @@ impl Dispatch {
         let request_ids = SequentialRequestId::new();
         Self {
             router: crate::router_with_ids(state.clone(), request_ids.clone()),
-            verify: FastVerify { state, request_ids },
+            verify: Arc::new(FastVerify { state, request_ids }),
         }
     }
 
@@ -81,12 +81,14 @@ impl Dispatch {
     /// `ConnectInfo<SocketAddr>`, which the audit log reads; verify does not need it.
     ///
     /// A plain function choosing between two futures, so that the fast path's future is not
-    /// wrapped (and copied) once more.
+    /// wrapped (and copied) once more. The future owns what it needs (the fast path's state
+    /// through an `Arc`), so a server hands it to hyper as it is, without an `async` block
+    /// around it, which would be one more copy of it per request.
     pub fn call<B>(
         &self,
         mut req: Request<B>,
         peer: Option<SocketAddr>,
-    ) -> impl Future<Output = Response<DispatchBody>> + '_
+    ) -> impl Future<Output = Response<DispatchBody>> + Send + 'static
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -105,7 +107,6 @@ impl Dispatch {
 }
 
 /// The fast path's state: the router's, and its request-id sequence.
-#[derive(Clone)]
 struct FastVerify {
     state: AppState,
     request_ids: SequentialRequestId,
@@ -119,7 +120,10 @@ impl FastVerify {
     /// synchronous prelude and returns combinators, rather than nested `async fn`s, which
     /// store a future passed as an argument twice (4.2 KB per request before, in a release
     /// build; see `tests/fast_verify.rs::the_future_of_a_request_stays_small`).
-    fn call<B>(&self, req: Request<B>) -> impl Future<Output = Response<DispatchBody>> + '_
+    fn call<B>(
+        self: &Arc<Self>,
+        req: Request<B>,
+    ) -> impl Future<Output = Response<DispatchBody>> + Send + 'static
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
@@ -139,7 +143,7 @@ impl FastVerify {
                 .unwrap_or(""),
         );
         span.in_scope(|| DefaultOnRequest::new().on_request(&req, &span));
-        respond(self.verify(req), request_id, started, span)
+        respond(Arc::clone(self).verify(req), request_id, started, span)
     }
 
     /// The body-limit layer, then `routes::keys::verify_key` with its extractors in their
@@ -154,11 +158,11 @@ impl FastVerify {
     /// `verify_key`, which would keep what it passes on twice, in its own state and in the
     /// inner future's.
     fn verify<B>(
-        &self,
+        self: Arc<Self>,
         req: Request<B>,
-    ) -> impl Future<Output = Result<Response<Full<Bytes>>, axum::response::Response>> + '_
+    ) -> impl Future<Output = Result<Response<Full<Bytes>>, axum::response::Response>> + Send + 'static
     where
-        B: http_body::Body<Data = Bytes> + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let (parts, body) = req.into_parts();
@@ -191,12 +195,12 @@ impl FastVerify {
 
     /// `routes::keys::verify_key`, once [`Caller::read`] has checked the request head.
     async fn verify_key<B>(
-        &self,
+        self: Arc<Self>,
         caller: Caller,
         body: B,
     ) -> Result<Response<Full<Bytes>>, ApiError>
     where
-        B: http_body::Body<Data = Bytes>,
+        B: http_body::Body<Data = Bytes> + Send,
         B::Error: Into<axum::BoxError>,
     {
         let state = &self.state;

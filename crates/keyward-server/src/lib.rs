@@ -314,10 +314,9 @@ impl Application {
         // No grace limit: like `axum::serve`, wait for every request in flight.
         serve::serve("server", self.listener, shutdown, None, |peer| {
             let dispatch = Arc::clone(&dispatch);
+            // The peer address feeds the audit log's `ip`.
             hyper::service::service_fn(move |req| {
-                let dispatch = Arc::clone(&dispatch);
-                // The peer address feeds the audit log's `ip`.
-                async move { Ok::<_, Infallible>(dispatch.call(req, Some(peer)).await) }
+                futures_util::FutureExt::map(dispatch.call(req, Some(peer)), Ok::<_, Infallible>)
             })
         })
         .await;
