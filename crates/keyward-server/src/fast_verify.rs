@@ -157,6 +157,10 @@ impl FastVerify {
     /// Speed: a plain function returning combinators, not an `async` block around
     /// `verify_key`, which would keep what it passes on twice, in its own state and in the
     /// inner future's.
+    ///
+    /// The error is the router's response type, as the router's layers return it; boxing it
+    /// would add an allocation to every error answer.
+    #[allow(clippy::result_large_err)]
     fn verify<B>(
         self: Arc<Self>,
         req: Request<B>,
@@ -296,8 +300,11 @@ impl<'a> BorrowedBody<'a> {
 /// router's order; the common case does not carry that future's size).
 enum Caller {
     Known(Arc<Actor>, bool),
-    Lookup(Pin<Box<dyn Future<Output = Result<(Arc<Actor>, bool), ApiError>> + Send>>),
+    Lookup(Lookup),
 }
+
+/// A root key's lookup in the store, then the head's remaining checks.
+type Lookup = Pin<Box<dyn Future<Output = Result<(Arc<Actor>, bool), ApiError>> + Send>>;
 
 impl Caller {
     /// The extractors' checks of the head, in their order: authentication, query, content
