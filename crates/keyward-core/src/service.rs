@@ -196,10 +196,13 @@ impl Service {
                 request_id: None,
                 ip: None,
             });
-            self.root_cache.insert(candidate.bytes, Arc::clone(&actor));
+            // Cached under the digest the next lookup computes (the current pepper's), even
+            // if stored under an older pepper's.
+            let lookup = self.peppers.digest(token).bytes;
+            self.root_cache.insert(lookup, Arc::clone(&actor));
             // A revocation that raced this load bumped the epoch: do not keep what we read.
             if self.root_epoch.load(Ordering::SeqCst) != epoch {
-                self.root_cache.remove(&candidate.bytes);
+                self.root_cache.remove(&lookup);
             }
             return Ok(Some(actor));
         }
@@ -1169,7 +1172,13 @@ impl Service {
                 return Ok(None);
             }
             let cached = CachedKey::with_limits(record, &self.limits);
-            return Ok(Some(self.cache.fill_cached(cached, epoch)));
+            // Cached under the digest the next lookup computes, even if stored under an older
+            // pepper's.
+            return Ok(Some(self.cache.fill_cached_as(
+                cached,
+                &current.bytes,
+                epoch,
+            )));
         }
         self.misses.insert(current.bytes);
         Ok(None)

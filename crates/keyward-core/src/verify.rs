@@ -550,6 +550,10 @@ fn parse_ip_entry(entry: &str) -> Option<IpNet> {
 #[derive(Debug, Default)]
 pub struct KeyCache {
     map: DashMap<[u8; 32], Arc<CachedKey>, DigestHashBuilder>,
+    /// For a key stored under another digest than the one a lookup computes (an older
+    /// pepper's, after a rotation): its stored digest → the lookup digest it is cached under,
+    /// so that invalidating it by its stored digest finds it.
+    aliases: DashMap<[u8; 32], [u8; 32], DigestHashBuilder>,
     epoch: AtomicU64,
 }
 
@@ -608,11 +612,37 @@ impl KeyCache {
     /// [`KeyCache::fill`] with a key already built (e.g. with its counters).
     pub fn fill_cached(&self, cached: CachedKey, epoch_before_load: u64) -> Arc<CachedKey> {
         let digest = cached.record.key.digest.bytes;
+        self.fill_cached_as(cached, &digest, epoch_before_load)
+    }
+
+    /// [`KeyCache::fill_cached`] under `lookup`, the digest later lookups of the key compute
+    /// (the current pepper's), when it may differ from the stored one (an older pepper's):
+    /// cached under the stored digest, such a key would be looked up in the store on every
+    /// verify.
+    pub fn fill_cached_as(
+        &self,
+        cached: CachedKey,
+        lookup: &[u8; 32],
+        epoch_before_load: u64,
+    ) -> Arc<CachedKey> {
+        let stored = cached.record.key.digest.bytes;
         let cached = Arc::new(cached);
-        // The entry guard holds the shard's write lock across the check and the insert.
-        let entry = self.map.entry(digest);
+        if stored == *lookup {
+            // The entry guard holds the shard's write lock across the check and the insert.
+            let entry = self.map.entry(stored);
+            if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
+                entry.insert(Arc::clone(&cached));
+            }
+            return cached;
+        }
+        // The alias's lock is held across the check and both inserts: an invalidation by the
+        // stored digest that bumped the epoch after the check waits for it, then finds the
+        // alias and removes the entry; one before the check makes the check fail.
+        let alias = self.aliases.entry(stored);
+        let entry = self.map.entry(*lookup);
         if self.epoch.load(Ordering::SeqCst) == epoch_before_load {
             entry.insert(Arc::clone(&cached));
+            alias.insert(*lookup);
         }
         cached
     }
@@ -621,10 +651,13 @@ impl KeyCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Forgets one key. Bumps the epoch.
+    /// Forgets one key, by its stored digest. Bumps the epoch.
     pub fn invalidate_key(&self, digest: &[u8; 32]) {
         self.bump();
         self.map.remove(digest);
+        if let Some((_, lookup)) = self.aliases.remove(digest) {
+            self.map.remove(&lookup);
+        }
     }
 
     /// Forgets one key by id (for change feeds that carry ids, not digests). Bumps the epoch.
@@ -652,6 +685,7 @@ impl KeyCache {
     pub fn clear(&self) {
         self.bump();
         self.map.clear();
+        self.aliases.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -1654,6 +1688,35 @@ mod tests {
         cache.invalidate_key(&[1; 32]);
         assert!(cache.get(&[1; 32]).is_none());
         assert!(cache.epoch() > e);
+    }
+
+    #[test]
+    fn a_key_cached_under_its_lookup_digest_is_invalidated_by_its_stored_one() {
+        // Stored under an older pepper's digest ([1; 32]); lookups compute [2; 32].
+        let cache = KeyCache::new();
+        let filled = cache.fill_cached_as(
+            CachedKey::new(record(1, "api_1", "prj_1")),
+            &[2; 32],
+            cache.epoch(),
+        );
+        assert!(Arc::ptr_eq(&filled, &cache.get(&[2; 32]).expect("cached")));
+        assert!(cache.get(&[1; 32]).is_none());
+        cache.invalidate_key(&[1; 32]);
+        assert!(cache.get(&[2; 32]).is_none());
+        assert!(cache.is_empty());
+        // An invalidation while it was loading: not cached, under either digest.
+        let e = cache.epoch();
+        cache.invalidate_key(&[1; 32]);
+        cache.fill_cached_as(CachedKey::new(record(1, "api_1", "prj_1")), &[2; 32], e);
+        assert!(cache.is_empty());
+        // Cleared, the alias goes too: a later invalidation by [1; 32] finds nothing stale.
+        cache.fill_cached_as(
+            CachedKey::new(record(1, "api_1", "prj_1")),
+            &[2; 32],
+            cache.epoch(),
+        );
+        cache.clear();
+        assert!(cache.aliases.is_empty() && cache.is_empty());
     }
 
     #[test]
