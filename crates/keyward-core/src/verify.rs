@@ -431,7 +431,7 @@ pub struct CachedKey {
     gate: Gate,
     /// `restrictions.ips` parsed; `None` when the key has no IP restriction. Entries that do
     /// not parse are dropped, so a list of only bad entries allows nothing (fails closed).
-    ips: Option<Vec<IpNet>>,
+    ips: Option<Vec<NetMask>>,
     /// Handles to the key's rate-limit and quota counters (empty from [`CachedKey::new`]).
     pub rules: crate::limits::KeyRules,
     /// What verdicts say about the key. `details.permissions` are the key's own permissions
@@ -509,7 +509,12 @@ impl CachedKey {
             .restrictions
             .as_ref()
             .and_then(|r| r.ips.as_ref())
-            .map(|list| list.iter().filter_map(|e| parse_ip_entry(e)).collect());
+            .map(|list| {
+                list.iter()
+                    .filter_map(|e| parse_ip_entry(e))
+                    .map(NetMask::new)
+                    .collect()
+            });
         Self {
             gate: Gate::new(&record.key),
             details: KeyDetails::new(&record, effective),
@@ -870,9 +875,12 @@ fn check_restrictions(key: &CachedKey, req: &VerifyInput<'_>) -> Option<Failed> 
         // An unparsable request ip matches nothing. IPv4-mapped IPv6 (`::ffff:a.b.c.d`) also
         // matches as the IPv4 address it carries.
         let ok = parse_request_ip(ip).is_some_and(|ip| {
-            let canonical = ip.to_canonical();
+            let mapped = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+                IpAddr::V4(_) => None,
+            };
             nets.iter()
-                .any(|n| n.contains(&ip) || n.contains(&canonical))
+                .any(|n| n.contains(ip) || mapped.is_some_and(|m| n.contains(m)))
         });
         if !ok {
             return Some(Failed::NoMatch("ip"));
@@ -903,6 +911,39 @@ fn check_restrictions(key: &CachedKey, req: &VerifyInput<'_>) -> Option<Failed> 
         }
     }
     None
+}
+
+/// One `restrictions.ips` entry ready to match: its network and mask as integers, so that a
+/// check is a mask and a compare (`IpNet::contains` works out both ends of the range on every
+/// call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetMask {
+    V4 { net: u32, mask: u32 },
+    V6 { net: u128, mask: u128 },
+}
+
+impl NetMask {
+    fn new(n: IpNet) -> Self {
+        match n {
+            IpNet::V4(n) => Self::V4 {
+                net: u32::from(n.network()),
+                mask: u32::from(n.netmask()),
+            },
+            IpNet::V6(n) => Self::V6 {
+                net: u128::from(n.network()),
+                mask: u128::from(n.netmask()),
+            },
+        }
+    }
+
+    /// `IpNet::contains` of the entry it was made from.
+    fn contains(self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Self::V4 { net, mask }, IpAddr::V4(a)) => u32::from(a) & mask == net,
+            (Self::V6 { net, mask }, IpAddr::V6(a)) => u128::from(a) & mask == net,
+            _ => false,
+        }
+    }
 }
 
 /// A request's IP address, or `None` if it is not one. A dotted quad in canonical form (the
@@ -1853,7 +1894,7 @@ mod miss_cache_tests {
 
 #[cfg(test)]
 mod request_ip_tests {
-    use super::{parse_dotted_quad, parse_request_ip};
+    use super::{parse_dotted_quad, parse_request_ip, IpNet, NetMask};
     use proptest::prelude::*;
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -1924,6 +1965,31 @@ mod request_ip_tests {
         #[test]
         fn any_text_gets_the_standard_parsers_answer(s in "[0-9.:a-f ]{0,20}|\\PC{0,20}") {
             prop_assert_eq!(parse_request_ip(&s), reference(&s));
+        }
+
+        #[test]
+        fn a_net_mask_contains_what_its_network_contains(
+            v4 in any::<u32>(), v4_len in 0u8..=32, probe4 in any::<u32>(),
+            v6 in any::<u128>(), v6_len in 0u8..=128, probe6 in any::<u128>(),
+            near in any::<bool>(),
+        ) {
+            let net4 = IpNet::V4(ipnet::Ipv4Net::new(v4.into(), v4_len).expect("prefix"));
+            let net6 = IpNet::V6(ipnet::Ipv6Net::new(v6.into(), v6_len).expect("prefix"));
+            // Half the probes share the network's high bits, so that both answers occur.
+            let (probe4, probe6) = if near {
+                (v4 ^ (probe4 >> v4_len.min(31)), v6 ^ (probe6 >> v6_len.min(127)))
+            } else {
+                (probe4, probe6)
+            };
+            for net in [net4, net6] {
+                for ip in [
+                    IpAddr::V4(probe4.into()),
+                    IpAddr::V6(probe6.into()),
+                    IpAddr::V6(Ipv4Addr::from(probe4).to_ipv6_mapped()),
+                ] {
+                    prop_assert_eq!(NetMask::new(net).contains(ip), net.contains(&ip), "{} {}", net, ip);
+                }
+            }
         }
     }
 }
