@@ -363,28 +363,46 @@ pub const ROOT_PERMISSIONS: &[&str] = &[
 /// `keys.verify:api_X` allows it only when `api_id == Some("api_X")`. `X.write` implies
 /// `X.read`, with the same scope. Held entries that are not valid root permissions, and
 /// requested permissions outside [`ROOT_PERMISSIONS`], never allow anything (except via `*`).
+///
+/// Speed: the `*` check is inlined into callers (most root keys hold `*`, and verify asks
+/// twice per call); the rest matches a held entry by name before validating it.
+#[inline]
 pub fn root_allows(held: &[String], permission: &str, api_id: Option<&str>) -> bool {
-    if held.iter().any(|h| h == "*") {
-        return true;
-    }
-    if !ROOT_PERMISSIONS.contains(&permission) {
-        return false;
-    }
-    held.iter().any(|h| {
-        let (base, scope) = match h.split_once(':') {
-            Some((base, scope)) => (base, Some(scope)),
-            None => (h.as_str(), None),
-        };
-        if !ROOT_PERMISSIONS.contains(&base) {
-            return false;
-        }
-        if let Some(scope) = scope {
-            if !is_api_scope(scope) || api_id != Some(scope) {
-                return false;
-            }
-        }
-        base == permission || implied_read(base, permission)
-    })
+    held.iter().any(|h| h == "*") || held_allows(held, permission, api_id)
+}
+
+/// [`root_allows`] without `*`.
+fn held_allows(held: &[String], permission: &str, api_id: Option<&str>) -> bool {
+    is_root_permission(permission)
+        && held.iter().any(|h| {
+            let (base, scope) = match h.split_once(':') {
+                Some((base, scope)) => (base, Some(scope)),
+                None => (h.as_str(), None),
+            };
+            (base == permission || implied_read(base, permission))
+                && is_root_permission(base)
+                && scope.is_none_or(|scope| is_api_scope(scope) && api_id == Some(scope))
+        })
+}
+
+/// Whether `p` is in [`ROOT_PERMISSIONS`] (a `match`, which compiles to a length switch).
+fn is_root_permission(p: &str) -> bool {
+    matches!(
+        p,
+        "apis.read"
+            | "apis.write"
+            | "projects.read"
+            | "projects.write"
+            | "keys.read"
+            | "keys.write"
+            | "keys.verify"
+            | "root_keys.read"
+            | "root_keys.write"
+            | "usage.read"
+            | "audit.read"
+            | "webhooks.read"
+            | "webhooks.write"
+    )
 }
 
 /// `X.write` implies `X.read`.
@@ -415,7 +433,7 @@ pub fn validate_root_permission(p: &str) -> Result<(), String> {
         Some((base, scope)) => (base, Some(scope)),
         None => (p, None),
     };
-    if !ROOT_PERMISSIONS.contains(&base) {
+    if !is_root_permission(base) {
         return Err(format!(
             "unknown root key permission {base:?}; expected '*' or one of {}",
             ROOT_PERMISSIONS.join(", ")
@@ -434,6 +452,7 @@ pub fn validate_root_permission(p: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     fn held(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| (*s).to_owned()).collect()
@@ -655,6 +674,79 @@ mod tests {
             "Keys.read",
         ] {
             assert!(validate_root_permission(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `root_allows` as first written: `*`, then the requested permission's validity, then
+    /// each held entry validated before it is compared.
+    fn root_allows_reference(held: &[String], permission: &str, api_id: Option<&str>) -> bool {
+        if held.iter().any(|h| h == "*") {
+            return true;
+        }
+        if !ROOT_PERMISSIONS.contains(&permission) {
+            return false;
+        }
+        held.iter().any(|h| {
+            let (base, scope) = match h.split_once(':') {
+                Some((base, scope)) => (base, Some(scope)),
+                None => (h.as_str(), None),
+            };
+            if !ROOT_PERMISSIONS.contains(&base) {
+                return false;
+            }
+            if let Some(scope) = scope {
+                if !is_api_scope(scope) || api_id != Some(scope) {
+                    return false;
+                }
+            }
+            base == permission || implied_read(base, permission)
+        })
+    }
+
+    #[test]
+    fn the_permission_match_is_the_vocabulary() {
+        for p in ROOT_PERMISSIONS {
+            assert!(is_root_permission(p), "{p}");
+        }
+        for p in [
+            "",
+            "*",
+            "keys",
+            "keys.verify:api_1",
+            "usage.write",
+            "Keys.read",
+        ] {
+            assert!(!is_root_permission(p), "{p}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn root_allows_agrees_with_the_reference(
+            held in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(ROOT_PERMISSIONS.to_vec()).prop_map(str::to_owned),
+                    proptest::sample::select(vec![
+                        "*", "usage.write", "audit.write", "keys.*", "bogus", "",
+                        "keys.verify:api_1", "keys.write:api_2", "usage.write:api_1",
+                        "keys.read:", "keys.read:api_", "keys.read:prj_1", "*:api_1",
+                    ]).prop_map(str::to_owned),
+                    "[a-z_.*:0-9]{0,20}",
+                ],
+                0..4,
+            ),
+            permission in proptest::prop_oneof![
+                proptest::sample::select(ROOT_PERMISSIONS.to_vec()).prop_map(str::to_owned),
+                proptest::sample::select(vec!["usage.write", "audit.write", "*", "", "keys"])
+                    .prop_map(str::to_owned),
+            ],
+            api_id in proptest::option::of(proptest::sample::select(vec!["api_1", "api_2", ""])),
+        ) {
+            proptest::prop_assert_eq!(
+                root_allows(&held, &permission, api_id),
+                root_allows_reference(&held, &permission, api_id),
+                "{:?} {} {:?}", held, permission, api_id
+            );
         }
     }
 }
