@@ -5,7 +5,7 @@
 # machine where criterion's nanoseconds are not. BENCH_BIN is the criterion binary
 # (`cargo bench --no-run -p keyward --bench verify` prints it). Collects inside
 # `Service::verify*` only, over 20k cached keys and 3 s of criterion's profile mode, then
-# prints (total − `Peppers::digest`) / calls of `verify::evaluate`. Valgrind runs the SHA-256
+# prints (total − `Peppers::digest`) / calls of `Peppers::digest` (one per verify). Valgrind runs the SHA-256
 # in software, so the HMAC is left out rather than compared.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 BENCH_BIN CASE..." >&2; exit 2; }
@@ -30,7 +30,7 @@ for i, line in enumerate(lines):
     if line.startswith("cfn="):
         target = re.match(r"cfn=\((\d+)\)", line).group(1)
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if "keyward_core::verify::evaluate" in names.get(target, "") and nxt.startswith("calls="):
+        if names.get(target, "").endswith("keyward_core::digest::Peppers::digest") and nxt.startswith("calls="):
             calls += int(nxt.split("=")[1].split()[0])
     if line.startswith(("totals:", "summary:")):
         total = int(line.split()[1])
