@@ -233,26 +233,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unix_ms_truncates_like_the_nanosecond_division_on_both_sides_of_the_epoch() {
-        for ns in [
-            0i128,
-            1,
-            999_999,
-            1_000_000,
-            1_700_000_000_123_456_789,
-            -1,
-            -500_000,
-            -1_000_000,
-            -1_500_000_001,
-        ] {
-            let t = OffsetDateTime::from_unix_timestamp_nanos(ns).expect("in range");
-            assert_eq!(to_unix_ms(t), (ns / 1_000_000) as i64, "{ns}");
-            assert_eq!(UnixNanos::of(t).unix_ms(), to_unix_ms(t), "{ns}");
-        }
-    }
-
-    #[test]
-    fn a_timespec_truncates_like_the_nanosecond_division() {
+    fn unix_ms_and_timespecs_truncate_like_the_nanosecond_division_on_both_sides_of_the_epoch() {
         for ns in [
             0i128,
             1,
@@ -263,13 +244,21 @@ mod tests {
             -500_000,
             -1_000_000,
             -1_500_000_000,
+            -1_500_000_001,
             -1_500_400_000,
             -1_999_999_999,
             -2_000_000_000,
         ] {
-            let secs = ns.div_euclid(1_000_000_000) as i64;
-            let nanos = ns.rem_euclid(1_000_000_000) as i64;
-            assert_eq!(timespec_ms(secs, nanos), (ns / 1_000_000) as i64, "{ns}");
+            let t = OffsetDateTime::from_unix_timestamp_nanos(ns).expect("in range");
+            assert_eq!(to_unix_ms(t), (ns / 1_000_000) as i64, "{ns}");
+            assert_eq!(UnixNanos::of(t).unix_ms(), to_unix_ms(t), "{ns}");
+            // The kernel's timespec of the same instant: seconds rounded down, nanoseconds.
+            let (secs, nanos) = (ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000));
+            assert_eq!(
+                timespec_ms(secs as i64, nanos as i64),
+                to_unix_ms(t),
+                "{ns}"
+            );
         }
     }
 
