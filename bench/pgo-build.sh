@@ -44,10 +44,7 @@ unset KEYWARD_DATABASE_URL KEYWARD_DATABASE_URL_FILE KEYWARD_PEPPER_FILE KEYWARD
 log "2/4 training data: 50000 keys in $data, and a copy with rules on every key"
 "$work/gen/release/examples/bench_seed" --data-dir "$data" --keys 50000 >/dev/null 2>&1
 cp -a -- "$data" "$data-rules"
-sqlite3 "$data-rules/keyward.db" \
-    "UPDATE keys SET rate_limits = '[{\"name\":\"burst\",\"limit\":1000000000,\"period\":\"1s\"},{\"name\":\"hourly\",\"limit\":1000000000,\"period\":\"1h\"}]',
-                     usage_limit = '{\"remaining\":4000000000000000000}', usage_remaining = 4000000000000000000,
-                     restrictions = '{\"ips\":[\"10.0.0.0/8\",\"2001:db8::/32\"],\"paths\":[\"/v1/orders/*\"]}';"
+sqlite3 "$data-rules/keyward.db" <"$repo/bench/rules.sql"
 sed 's|$|","ip":"10.1.2.3","path":"/v1/orders/42|' "$data/load_keys.txt" >"$data-rules/load_requests.txt"
 api_id="$(sqlite3 "$data/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")"
 [[ "$api_id" == api_* ]] || die "no api in the training data"

@@ -33,7 +33,9 @@
 # verify receive byte-for-byte the same requests as keyward-verify. The key never appears on a
 # command line; it is read from a 0600 file.
 
-KW_REPO="${KW_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+# This file's directory (its rules.sql), whichever checkout KW_REPO builds.
+KW_BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+KW_REPO="${KW_REPO:-$(cd "$KW_BENCH_DIR/.." && pwd)}"
 KW_BIN="${KW_BIN:-$CARGO_TARGET_DIR/release/keyward}"
 KW_SEED_BIN="${KW_SEED_BIN:-$CARGO_TARGET_DIR/release/examples/bench_seed}"
 KW_SEED_DIR="${KW_SEED_DIR:-/dev/shm/kw-bench-seed}"
@@ -129,10 +131,7 @@ kw_rules_prepare() {
     command -v sqlite3 >/dev/null || die "missing sqlite3 (apt-get install -y sqlite3)"
     rm -rf -- "$KW_RULES_DIR"
     cp -a -- "$KW_SEED_DIR" "$KW_RULES_DIR" || die "cannot copy $KW_SEED_DIR to $KW_RULES_DIR"
-    sqlite3 "$KW_RULES_DIR/keyward.db" \
-        "UPDATE keys SET rate_limits = '[{\"name\":\"burst\",\"limit\":1000000000,\"period\":\"1s\"},{\"name\":\"hourly\",\"limit\":1000000000,\"period\":\"1h\"}]',
-                         usage_limit = '{\"remaining\":4000000000000000000}', usage_remaining = 4000000000000000000,
-                         restrictions = '{\"ips\":[\"10.0.0.0/8\",\"2001:db8::/32\"],\"paths\":[\"/v1/orders/*\"]}';" \
+    sqlite3 "$KW_RULES_DIR/keyward.db" <"$KW_BENCH_DIR/rules.sql" \
         || die "cannot set the rules in $KW_RULES_DIR/keyward.db"
     sed 's|$|","ip":"10.1.2.3","path":"/v1/orders/42|' "$KW_SEED_DIR/load_keys.txt" >"$KW_RULES_DIR/load_requests.txt"
     chmod 600 "$KW_RULES_DIR/load_requests.txt"
