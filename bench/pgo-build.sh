@@ -14,6 +14,8 @@
 # PGO_PORT+1 (default 18190, 18191) on 127.0.0.1.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=seeded.sh
+source "$repo/bench/seeded.sh"
 work="${PGO_WORK:-$repo/target/pgo}"
 out="${1:-$work/keyward}"
 port="${PGO_PORT:-18190}"
@@ -47,19 +49,9 @@ cd -- "$work"
 
 log "2/4 training data: 50000 keys in $data, and a copy with rules on every key"
 "$work/gen/release/examples/bench_seed" --data-dir "$data" --keys 50000 >/dev/null 2>&1
-cp -a -- "$data" "$data-rules"
-sqlite3 "$data-rules/keyward.db" <"$repo/bench/rules.sql"
-sed 's|$|","ip":"10.1.2.3","path":"/v1/orders/42|' "$data/load_keys.txt" >"$data-rules/load_requests.txt"
+seeded_rules "$data" "$data-rules" || die "cannot make the rules copy $data-rules"
+seeded_gateway "$data" "127.0.0.1:$gw_port" "http://127.0.0.1:$port" || die "no api in the training data"
 api_id="$(sqlite3 "$data/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")"
-[[ "$api_id" == api_* ]] || die "no api in the training data"
-cat >"$data/gateway.toml" <<EOF
-listen = "127.0.0.1:$gw_port"
-api_id = "$api_id"
-key_from = ["header:x-api-key"]
-[[route]]
-path = "/**"
-upstream = "http://127.0.0.1:$port"
-EOF
 
 pids=()
 stop_all() {

@@ -33,8 +33,10 @@
 # verify receive byte-for-byte the same requests as keyward-verify. The key never appears on a
 # command line; it is read from a 0600 file.
 
-# This file's directory (its rules.sql), whichever checkout KW_REPO builds.
+# This file's directory (its helpers), whichever checkout KW_REPO builds.
 KW_BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=seeded.sh
+source "$KW_BENCH_DIR/seeded.sh"
 KW_REPO="${KW_REPO:-$(cd "$KW_BENCH_DIR/.." && pwd)}"
 KW_BIN="${KW_BIN:-$CARGO_TARGET_DIR/release/keyward}"
 KW_SEED_BIN="${KW_SEED_BIN:-$CARGO_TARGET_DIR/release/examples/bench_seed}"
@@ -129,18 +131,13 @@ start_extra_target() {
 kw_rules_prepare() {
     [[ -n "$KW_RULES_DIR" && "$KW_RULES_DIR" != / ]] || die "KW_RULES_DIR is not set"
     command -v sqlite3 >/dev/null || die "missing sqlite3 (apt-get install -y sqlite3)"
-    rm -rf -- "$KW_RULES_DIR"
-    cp -a -- "$KW_SEED_DIR" "$KW_RULES_DIR" || die "cannot copy $KW_SEED_DIR to $KW_RULES_DIR"
-    sqlite3 "$KW_RULES_DIR/keyward.db" <"$KW_BENCH_DIR/rules.sql" \
-        || die "cannot set the rules in $KW_RULES_DIR/keyward.db"
-    sed 's|$|","ip":"10.1.2.3","path":"/v1/orders/42|' "$KW_SEED_DIR/load_keys.txt" >"$KW_RULES_DIR/load_requests.txt"
-    chmod 600 "$KW_RULES_DIR/load_requests.txt"
+    seeded_rules "$KW_SEED_DIR" "$KW_RULES_DIR" || die "cannot make the rules copy $KW_RULES_DIR"
 }
 
 # A fresh copy of the seeded data dir for each gateway round (so no round inherits another's
 # counters), every key given the harness's per-key limit, and the gateway config beside it.
 kw_gw_prepare() {
-    local api_id period_ms
+    local period_ms
     [[ -n "$KW_GW_DIR" && "$KW_GW_DIR" != / ]] || die "KW_GW_DIR is not set"
     command -v sqlite3 >/dev/null || die "missing sqlite3 (apt-get install -y sqlite3)"
     rm -rf -- "$KW_GW_DIR"
@@ -151,14 +148,6 @@ kw_gw_prepare() {
     sqlite3 "$KW_GW_DIR/keyward.db" \
         "UPDATE keys SET rate_limits = '[{\"name\":\"default\",\"limit\":$BURST,\"period\":\"${period_ms}ms\"}]';" \
         || die "cannot set the rate limits in $KW_GW_DIR/keyward.db"
-    api_id="$(sqlite3 "$KW_GW_DIR/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")"
-    [[ "$api_id" == api_* ]] || die "no api in $KW_GW_DIR/keyward.db"
-    cat >"$KW_GW_DIR/gateway.toml" <<EOF_GW
-listen = "127.0.0.1:$P_KW_GW"
-api_id = "$api_id"
-key_from = ["header:x-api-key"]
-[[route]]
-path = "/**"
-upstream = "http://127.0.0.1:$P_HELLO"
-EOF_GW
+    seeded_gateway "$KW_GW_DIR" "127.0.0.1:$P_KW_GW" "http://127.0.0.1:$P_HELLO" \
+        || die "no api in $KW_GW_DIR/keyward.db"
 }
