@@ -50,8 +50,8 @@ cd -- "$work"
 log "2/4 training data: 50000 keys in $data, and a copy with rules on every key"
 "$work/gen/release/examples/bench_seed" --data-dir "$data" --keys 50000 >/dev/null 2>&1
 seeded_rules "$data" "$data-rules" || die "cannot make the rules copy $data-rules"
-seeded_gateway "$data" "127.0.0.1:$gw_port" "http://127.0.0.1:$port" || die "no api in the training data"
-api_id="$(sqlite3 "$data/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")"
+api_id="$(seeded_api_id "$data")" || die "no api in the training data"
+seeded_gateway "$data" "127.0.0.1:$gw_port" "http://127.0.0.1:$port" || die "cannot write $data/gateway.toml"
 
 pids=()
 stop_all() {
@@ -59,7 +59,8 @@ stop_all() {
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     pids=()
 }
-trap stop_all EXIT
+# On any exit: the servers stopped, and the file holding the training root key removed.
+trap 'stop_all; rm -f -- "$work/auth.header"' EXIT
 started=0
 start() { # url, command...: starts it and waits until url answers
     local url=$1; shift
@@ -107,7 +108,6 @@ start "http://127.0.0.1:$gw_port/healthz" "$kw" gateway --config "$data/gateway.
 load 4 "$data/load_keys.txt" header /healthz "http://127.0.0.1:$gw_port" 2xx
 load 2 "$data/unknown_keys.txt" header /healthz "http://127.0.0.1:$gw_port" 4xx
 stop_all
-rm -f -- "$work/auth.header"
 
 log "4/4 optimized build with the profile (target dir $work/use)"
 rm -f -- "$work"/keyward-*.profdata

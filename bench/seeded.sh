@@ -13,12 +13,19 @@ seeded_rules() {
     chmod 600 "$dir/load_requests.txt"
 }
 
+# seeded_api_id DIR: prints the id of the api bench_seed created in DIR.
+seeded_api_id() {
+    local id
+    id="$(sqlite3 "$1/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")" || return 1
+    [[ "$id" == api_* ]] || return 1
+    printf '%s\n' "$id"
+}
+
 # seeded_gateway DIR LISTEN UPSTREAM: DIR/gateway.toml, a gateway on LISTEN (host:port) for the
 # seeded api, reading the key from x-api-key and sending every path to UPSTREAM (a URL).
 seeded_gateway() {
     local dir=$1 listen=$2 upstream=$3 api_id
-    api_id="$(sqlite3 "$dir/keyward.db" "SELECT id FROM apis WHERE deleted_at IS NULL LIMIT 1;")"
-    [[ "$api_id" == api_* ]] || return 1
+    api_id="$(seeded_api_id "$dir")" || return 1
     printf '%s\n' "listen = \"$listen\"" "api_id = \"$api_id\"" 'key_from = ["header:x-api-key"]' \
         '[[route]]' 'path = "/**"' "upstream = \"$upstream\"" >"$dir/gateway.toml"
 }
