@@ -4,6 +4,7 @@
 //! never the other way round.
 
 pub mod access_log;
+pub mod changes;
 pub mod clock;
 pub mod digest;
 pub mod duration;

@@ -1,6 +1,7 @@
 //! The domain facade: every admin operation and every verify goes through [`Service`], whether
 //! it came from the HTTP API, the CLI or the portal. Permission checks happen here, first.
 
+use crate::changes::ChangeTarget;
 use crate::clock::{to_unix_ms, Clock, UnixNanos};
 use crate::digest::{ct_eq, Peppers};
 use crate::error::{Error, Kind, StoreError};
@@ -21,7 +22,7 @@ use crate::verify::{
 };
 use crate::{duration, id, keyfmt, perm};
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use time::OffsetDateTime;
 
@@ -102,6 +103,8 @@ pub struct Service {
     cache_hits: AtomicU64,
     /// … and those that went to the store.
     cache_misses: AtomicU64,
+    /// Until when (unix ms) the caches may answer; see [`Service::set_cache_trust`].
+    cache_trusted_until: AtomicI64,
 }
 
 impl Service {
@@ -120,6 +123,7 @@ impl Service {
             recorder: std::sync::OnceLock::new(),
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
+            cache_trusted_until: AtomicI64::new(i64::MAX),
         }
     }
 
@@ -177,8 +181,13 @@ impl Service {
     /// Resolves a bearer token to the actor of a live root key. `None` for anything else
     /// (malformed, not a root key, unknown, revoked): the caller answers 401 for all alike.
     pub async fn authenticate(&self, token: &str) -> Result<Option<Arc<Actor>>, Error> {
-        if let Some(known) = self.authenticate_cached(token) {
-            return Ok(known);
+        let trusted = self.caches_trusted_at(self.clock.now_ms());
+        if trusted {
+            if let Some(known) = self.authenticate_cached(token) {
+                return Ok(known);
+            }
+        } else if !keyfmt::parse(token).is_ok_and(|k| k.prefix == keyfmt::ROOT_PREFIX) {
+            return Ok(None);
         }
         let epoch = self.root_epoch.load(Ordering::SeqCst);
         for candidate in self.peppers.candidates(token) {
@@ -196,6 +205,9 @@ impl Service {
                 request_id: None,
                 ip: None,
             });
+            if !trusted {
+                return Ok(Some(actor));
+            }
             // Cached under the digest the next lookup computes (the current pepper's), even
             // if stored under an older pepper's.
             let lookup = self.peppers.digest(token).bytes;
@@ -206,7 +218,9 @@ impl Service {
             }
             return Ok(Some(actor));
         }
-        self.misses.insert(self.peppers.digest(token).bytes);
+        if trusted {
+            self.misses.insert(self.peppers.digest(token).bytes);
+        }
         Ok(None)
     }
 
@@ -997,7 +1011,7 @@ impl Service {
                 "not a well-formed key",
             ));
         }
-        let Some(cached) = self.lookup(token).await? else {
+        let Some(cached) = self.lookup(token, now.unix_ms()).await? else {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         };
         let key = &cached.record.key;
@@ -1147,16 +1161,20 @@ impl Service {
         })
     }
 
-    /// The cached key for this plaintext, loading it from the store on a miss.
-    async fn lookup(&self, token: &str) -> Result<Option<Arc<CachedKey>>, Error> {
+    /// The cached key for this plaintext, loading it from the store on a miss, or always
+    /// while the caches are not trusted at `now_ms` (then nothing is cached either).
+    async fn lookup(&self, token: &str, now_ms: i64) -> Result<Option<Arc<CachedKey>>, Error> {
         let current = self.peppers.digest(token);
-        if let Some(hit) = self.cache.get(&current.bytes) {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(hit));
-        }
-        if self.misses.contains(&current.bytes) {
-            self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(None);
+        let trusted = self.caches_trusted_at(now_ms);
+        if trusted {
+            if let Some(hit) = self.cache.get(&current.bytes) {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(hit));
+            }
+            if self.misses.contains(&current.bytes) {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
         }
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.cache.epoch();
@@ -1171,6 +1189,9 @@ impl Service {
                 return Ok(None);
             }
             let cached = CachedKey::with_limits(record, &self.limits);
+            if !trusted {
+                return Ok(Some(Arc::new(cached)));
+            }
             // Cached under the digest the next lookup computes, even if stored under an older
             // pepper's.
             return Ok(Some(self.cache.fill_cached_as(
@@ -1179,8 +1200,46 @@ impl Service {
                 epoch,
             )));
         }
-        self.misses.insert(current.bytes);
+        if trusted {
+            self.misses.insert(current.bytes);
+        }
         Ok(None)
+    }
+
+    // --- the change feed ------------------------------------------------------------------
+
+    /// Drops from the caches what a row of the change feed names (see [`crate::changes`]).
+    pub fn forget(&self, target: &ChangeTarget) {
+        match target {
+            ChangeTarget::Key(digest) => self.cache.invalidate_key(digest),
+            ChangeTarget::Api(id) => self.cache.invalidate_api(id),
+            ChangeTarget::Project(id) => self.cache.invalidate_project(id),
+            ChangeTarget::RootKey(id) => {
+                self.root_epoch.fetch_add(1, Ordering::SeqCst);
+                self.root_cache.retain(|_, a| a.id != *id);
+            }
+            ChangeTarget::Everything => {
+                self.cache.clear();
+                self.root_epoch.fetch_add(1, Ordering::SeqCst);
+                self.root_cache.clear();
+                self.misses.clear();
+            }
+        }
+    }
+
+    /// Lets the caches answer until `until_ms` (unix ms, by this service's clock). After
+    /// that every key lookup goes to the store and nothing new is cached, so a node that can
+    /// no longer read the change feed stops answering from what it may have missed; the
+    /// change feed empties the caches then (root keys are looked up in their cache before
+    /// the clock is read) and moves this forward after every successful read. Without a
+    /// feed the caches are trusted for ever: one process alone on its database.
+    pub fn set_cache_trust(&self, until_ms: i64) {
+        self.cache_trusted_until.store(until_ms, Ordering::SeqCst);
+    }
+
+    /// Whether the caches may answer at `now_ms`.
+    pub fn caches_trusted_at(&self, now_ms: i64) -> bool {
+        now_ms <= self.cache_trusted_until.load(Ordering::Relaxed)
     }
 }
 

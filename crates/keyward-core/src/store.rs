@@ -5,6 +5,7 @@
 //! workspace is reported exactly like a missing one. Soft-deleted apis and projects are
 //! invisible to every method (except that their revoked keys stay readable by id).
 
+use crate::changes::CacheChange;
 use crate::error::StoreError;
 use crate::model::{
     Api, Key, KeyDigest, KeyFilter, Listing, Page, Project, RootKey, UsageBatch, VerifyRecord,
@@ -138,4 +139,19 @@ pub trait Store:
         reason: &str,
         now: OffsetDateTime,
     ) -> StoreResult<Vec<[u8; 32]>>;
+
+    // --- the change feed (see `crate::changes`) ------------------------------------------
+
+    /// The feed's rows numbered `after < seq < before`, in order, at most `limit`.
+    async fn cache_changes_between(
+        &self,
+        after: i64,
+        before: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<CacheChange>>;
+    /// The highest row number written before `before` (0 if none): where a node that starts
+    /// reads from, so that the rows of transactions still open when it starts are read.
+    async fn cache_changes_start(&self, before: OffsetDateTime) -> StoreResult<i64>;
+    /// Deletes the rows written before `before`; returns how many.
+    async fn prune_cache_changes(&self, before: OffsetDateTime) -> StoreResult<u64>;
 }

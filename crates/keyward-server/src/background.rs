@@ -1,6 +1,8 @@
-//! The work every keyward node does beside answering requests — the access-log pipeline and
-//! the quota / last-use flusher — started and drained the same way by `serve` and `gateway`.
+//! The work every keyward node does beside answering requests — the access-log pipeline, the
+//! quota / last-use flusher and the change-feed reader — started and drained the same way by
+//! `serve` and `gateway`.
 
+use crate::change_feed::ChangeFeed;
 use crate::records::{Records, RecordsTasks};
 use crate::usage::UsageTasks;
 use keyward_core::records::Recorder;
@@ -19,20 +21,24 @@ pub fn attach_recorder(service: &Service, records: &Arc<Records>) {
 pub struct Background {
     usage: UsageTasks,
     records: Option<RecordsTasks>,
+    changes: ChangeFeed,
 }
 
 impl Background {
-    /// Starts the access-log writer (and pruner) and the 1 s usage flusher.
+    /// Starts the access-log writer (and pruner), the 1 s usage flusher and the change-feed
+    /// reader.
     pub fn start(service: &Arc<Service>, records: &Arc<Records>) -> Self {
         Self {
             usage: UsageTasks::spawn(Arc::clone(service)),
             records: records.start(Arc::clone(service)),
+            changes: ChangeFeed::spawn(Arc::clone(service)),
         }
     }
 
     /// Call once no request is in flight: flushes quotas and last uses one more time, then
     /// drains the access-log queue completely.
     pub async fn stop(self) {
+        self.changes.stop().await;
         self.usage.stop().await;
         if let Some(tasks) = self.records {
             tasks.stop().await;

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod background;
+pub mod change_feed;
 pub mod error;
 pub mod extract;
 pub mod fast_verify;

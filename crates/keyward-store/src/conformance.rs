@@ -7,6 +7,7 @@
 //! `#[tokio::test]`.
 
 use crate::rows::ms;
+use keyward_core::changes::ChangeTarget;
 use keyward_core::clock::from_unix_ms;
 use keyward_core::digest::Peppers;
 use keyward_core::id::new_id;
@@ -56,6 +57,7 @@ macro_rules! conformance_tests {
             get_api_unscoped_finds_a_live_api_in_any_workspace,
             record_usage_writes_counters_by_identity_and_never_an_older_use,
             unused_keys_of_retiring_apis_are_disabled_with_a_reason,
+            every_change_a_cached_verdict_depends_on_is_in_the_change_feed,
             users_round_trip_and_emails_are_unique_per_workspace,
             sessions_are_found_by_digest_touched_and_deleted,
             a_setup_token_is_taken_once_and_never_after_it_expires,
@@ -100,6 +102,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     get_api_unscoped_finds_a_live_api_in_any_workspace(store.clone()).await;
     record_usage_writes_counters_by_identity_and_never_an_older_use(store.clone()).await;
     unused_keys_of_retiring_apis_are_disabled_with_a_reason(store.clone()).await;
+    every_change_a_cached_verdict_depends_on_is_in_the_change_feed(store.clone()).await;
     users_round_trip_and_emails_are_unique_per_workspace(store.clone()).await;
     sessions_are_found_by_digest_touched_and_deleted(store.clone()).await;
     a_setup_token_is_taken_once_and_never_after_it_expires(store).await;
@@ -1390,4 +1393,121 @@ pub async fn unused_keys_of_retiring_apis_are_disabled_with_a_reason(store: Arc<
         None,
         "already disabled: untouched"
     );
+}
+
+/// The feed's rows after `after` that name one of `targets`, in order.
+async fn feed_after(store: &dyn Store, after: i64, targets: &[ChangeTarget]) -> Vec<ChangeTarget> {
+    let mut out = Vec::new();
+    let mut after = after;
+    loop {
+        let rows = store
+            .cache_changes_between(after, i64::MAX, 100)
+            .await
+            .step("read the change feed");
+        let Some(last) = rows.last() else {
+            return out;
+        };
+        after = last.seq;
+        out.extend(
+            rows.into_iter()
+                .map(|r| r.target)
+                .filter(|t| targets.contains(t)),
+        );
+    }
+}
+
+pub async fn every_change_a_cached_verdict_depends_on_is_in_the_change_feed(store: Arc<dyn Store>) {
+    use keyward_core::model::{QuotaUpdate, UsageBatch, UseUpdate};
+    let ws = new_workspace(&*store).await;
+    let mut a = api(&ws.id, T0);
+    store.insert_api(&a).await.step("insert api");
+    let mut p = project(&ws.id, T0);
+    store.insert_project(&p).await.step("insert project");
+    let k = key(&ws.id, &a.id, Some(&p.id), T0);
+    store.insert_key(&k).await.step("insert key");
+    let rk = root_key(&ws.id, T0);
+    store.insert_root_key(&rk).await.step("insert root key");
+    let targets = [
+        ChangeTarget::Key(k.digest.bytes),
+        ChangeTarget::Api(a.id.clone()),
+        ChangeTarget::Project(p.id.clone()),
+        ChangeTarget::RootKey(rk.id.clone()),
+    ];
+    // Rows are stamped with the database's clock, not the suite's.
+    let tomorrow = OffsetDateTime::now_utc() + Duration::days(1);
+    let start = store.cache_changes_start(tomorrow).await.step("feed start");
+    assert_eq!(
+        feed_after(&*store, start, &targets).await,
+        [],
+        "creating things changes nothing cached"
+    );
+
+    // Usage flushes (every node, every second) are not changes.
+    let usage = UsageBatch {
+        quotas: vec![QuotaUpdate {
+            identity_id: k.identity_id.clone(),
+            remaining: 5,
+            refilled_at: at(1_000),
+        }],
+        uses: vec![UseUpdate {
+            key_id: k.id.clone(),
+            at: at(2_000),
+            ip: Some("203.0.113.1".to_owned()),
+        }],
+    };
+    store.record_usage(&usage).await.step("record usage");
+    assert_eq!(feed_after(&*store, start, &targets).await, []);
+
+    let renamed = Key {
+        name: "renamed".to_owned(),
+        updated_at: at(3_000),
+        ..k.clone()
+    };
+    assert!(store.update_key(&renamed).await.step("update key"));
+    a.roles.clear();
+    a.updated_at = at(4_000);
+    assert!(store.update_api(&a).await.step("update api"));
+    p.rate_limits.clear();
+    p.updated_at = at(5_000);
+    assert!(store.update_project(&p).await.step("update project"));
+    store
+        .revoke_root_key(&ws.id, &rk.id, at(6_000))
+        .await
+        .step("revoke root key");
+    assert!(store
+        .delete_project(&ws.id, &p.id, at(7_000))
+        .await
+        .step("delete project"));
+    assert_eq!(
+        feed_after(&*store, start, &targets).await,
+        [
+            targets[0].clone(),
+            targets[1].clone(),
+            targets[2].clone(),
+            targets[3].clone(),
+            // Deleting the project revokes its key, in one transaction.
+            targets[2].clone(),
+            targets[0].clone(),
+        ]
+    );
+    assert!(
+        store.cache_changes_start(tomorrow).await.step("feed end") > start,
+        "the start moves past the rows written"
+    );
+    let yesterday = OffsetDateTime::now_utc() - Duration::days(1);
+    assert!(
+        store
+            .cache_changes_start(yesterday)
+            .await
+            .step("feed start yesterday")
+            <= start,
+        "rows written today are after yesterday's start"
+    );
+
+    let pruned = store
+        .prune_cache_changes(tomorrow)
+        .await
+        .step("prune the feed");
+    assert!(pruned >= 6, "pruned {pruned} rows");
+    assert_eq!(feed_after(&*store, start, &targets).await, []);
 }

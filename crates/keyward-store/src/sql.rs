@@ -189,6 +189,13 @@ pub(crate) const FIND_KEY: &str = concat!(
      WHERE k.digest = $1"
 );
 
+/// The change feed (`crate::changes` in keyward-core): its rows are written by triggers.
+pub(crate) const CACHE_CHANGES_BETWEEN: &str = "SELECT seq, kind, target FROM cache_changes \
+     WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3";
+pub(crate) const CACHE_CHANGES_START: &str =
+    "SELECT COALESCE(MAX(seq), 0) FROM cache_changes WHERE at < $1";
+pub(crate) const PRUNE_CACHE_CHANGES: &str = "DELETE FROM cache_changes WHERE at < $1";
+
 /// A value bound to a dynamically built query.
 pub(crate) enum Bind<'a> {
     Text(&'a str),
@@ -707,6 +714,46 @@ macro_rules! impl_store {
                         })
                     })
                     .collect()
+            }
+
+            async fn cache_changes_between(
+                &self,
+                after: i64,
+                before: i64,
+                limit: i64,
+            ) -> StoreResult<Vec<keyward_core::changes::CacheChange>> {
+                let rows: Vec<(i64, String, String)> = sqlx::query_as(sql::CACHE_CHANGES_BETWEEN)
+                    .bind(after)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(seq, kind, target)| keyward_core::changes::CacheChange {
+                        seq,
+                        target: keyward_core::changes::ChangeTarget::decode(&kind, &target),
+                    })
+                    .collect())
+            }
+
+            async fn cache_changes_start(&self, before: OffsetDateTime) -> StoreResult<i64> {
+                let (start,): (i64,) = sqlx::query_as(sql::CACHE_CHANGES_START)
+                    .bind(ms(before))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(start)
+            }
+
+            async fn prune_cache_changes(&self, before: OffsetDateTime) -> StoreResult<u64> {
+                let done = sqlx::query(sql::PRUNE_CACHE_CHANGES)
+                    .bind(ms(before))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(done.rows_affected())
             }
         }
 

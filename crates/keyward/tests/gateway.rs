@@ -686,6 +686,56 @@ async fn every_bad_key_gets_the_same_401_and_denials_map_to_403_429_404() {
     assert_eq!(json_of(res).await["code"], "route_not_found");
 }
 
+/// A standalone gateway is another process on the same database: a key it has cached and
+/// that is then revoked, disabled or narrowed through the API is refused within the change
+/// feed's bound (DESIGN §8).
+#[tokio::test]
+async fn a_running_gateway_refuses_keys_changed_through_the_api() {
+    let env = Env::new().await;
+    let (revoked, revoked_id) = env.key(json!({})).await;
+    let (disabled, disabled_id) = env.key(json!({})).await;
+    let (narrowed, narrowed_id) = env.key(json!({})).await;
+    let gw = env.gateway("", ROUTES);
+    for key in [&revoked, &disabled, &narrowed] {
+        let res = get(&env.client, &gw.url("/orders/1"), &[("x-api-key", key)]).await;
+        assert_eq!(res.status(), 200, "before the change");
+    }
+    env.http
+        .delete(&format!("/v1/keys/{revoked_id}"))
+        .await
+        .expect(200);
+    env.http
+        .patch(
+            &format!("/v1/keys/{disabled_id}"),
+            &json!({ "enabled": false }),
+        )
+        .await
+        .expect(200);
+    env.http
+        .patch(
+            &format!("/v1/keys/{narrowed_id}"),
+            &json!({ "permissions": [] }),
+        )
+        .await
+        .expect(200);
+    let start = std::time::Instant::now();
+    for (key, want) in [(&revoked, 401), (&disabled, 401), (&narrowed, 403)] {
+        loop {
+            let res = get(&env.client, &gw.url("/orders/1"), &[("x-api-key", key)]).await;
+            if res.status() == want {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the gateway still answers {} instead of {want}",
+                res.status()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    eprintln!("the gateway saw every change after {:?}", start.elapsed());
+}
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_client_ip_feeds_the_key_restrictions() {
     let env = Env::new().await;

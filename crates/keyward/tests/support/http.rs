@@ -49,6 +49,14 @@ impl Http {
         }
     }
 
+    /// The same token and transcript, sent to another node at `base` (`http://addr`).
+    pub fn on(&self, base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// Points the client at a restarted server.
     pub fn rebase(&mut self, app: &TestApp) {
         self.base = app.url();

@@ -136,6 +136,24 @@ impl TestApp {
         }
     }
 
+    /// Another `keyward serve` node over the same data dir or database, on its own port.
+    pub fn another_node(&self) -> Node {
+        let logs = Arc::new(Mutex::new(String::new()));
+        let (child, addr) = start_server(
+            self._tmp.path(),
+            &self.data_dir,
+            self.database_url.as_deref(),
+            &self.log_filter,
+            Arc::clone(&logs),
+        );
+        Node { addr, child, logs }
+    }
+
+    /// The name of this server's PostgreSQL database, if it runs on one.
+    pub fn pg_database(&self) -> Option<&str> {
+        self._db.as_ref().map(|db| db.name.as_str())
+    }
+
     /// `keyward root-keys create` with direct database access (the bootstrap path), in
     /// `workspace` (created if missing). Returns the plaintext root key.
     pub fn create_root_key(&self, workspace: &str, permissions: &str) -> String {
@@ -159,6 +177,30 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second server process of a [`TestApp`]. Killed on drop.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub child: Child,
+    pub logs: Arc<Mutex<String>>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -374,7 +416,16 @@ impl Drop for PgDatabase {
 
 /// Runs one statement on the admin database from a fresh thread with its own runtime, so it
 /// works both inside and outside an async test (and from `Drop`).
-fn run_admin_sql(sql: String) -> Result<(), String> {
+pub fn run_admin_sql(sql: String) -> Result<(), String> {
+    run_pg_sql(PG_ADMIN_URL.to_owned(), sql)
+}
+
+/// Runs one statement on the test database `db` (as [`run_admin_sql`] does on the admin one).
+pub fn run_sql_on(db: &str, sql: String) -> Result<(), String> {
+    run_pg_sql(format!("postgres://postgres@127.0.0.1:5432/{db}"), sql)
+}
+
+fn run_pg_sql(url: String, sql: String) -> Result<(), String> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -382,7 +433,7 @@ fn run_admin_sql(sql: String) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         rt.block_on(async move {
             use sqlx::Connection as _;
-            let connect = sqlx::PgConnection::connect(PG_ADMIN_URL);
+            let connect = sqlx::PgConnection::connect(&url);
             let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
                 .await
                 .map_err(|_| "timed out connecting".to_owned())?
@@ -396,6 +447,37 @@ fn run_admin_sql(sql: String) -> Result<(), String> {
     })
     .join()
     .map_err(|_| "admin thread panicked".to_owned())?
+}
+
+/// Runs one statement on the SQLite database `file`, beside the server using it.
+pub fn run_sqlite_sql(file: &Path, sql: String) -> Result<(), String> {
+    let url = format!("sqlite://{}", file.display());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async move {
+            use sqlx::sqlite::SqliteConnectOptions;
+            use sqlx::ConnectOptions as _;
+            use std::str::FromStr as _;
+            let mut conn = SqliteConnectOptions::from_str(&url)
+                .map_err(|e| e.to_string())?
+                .busy_timeout(Duration::from_secs(5))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::query(&sql)
+                .execute(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::Connection::close(conn)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+    .join()
+    .map_err(|_| "sqlite thread panicked".to_owned())?
 }
 
 /// Turns each `async fn NAME(app: &TestApp)` (or `&mut TestApp`) into a module `NAME` with

@@ -1,0 +1,209 @@
+//! Several nodes on one database (DESIGN §8): a change made through one node reaches every
+//! other node's caches through the change feed, on SQLite (processes sharing a data dir) and
+//! on PostgreSQL; and a node that cannot read the feed stops answering from its caches.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use support::http::{code_of, str_of, Http};
+use support::TestApp;
+
+/// How long these tests wait for a change to reach another node. The feed is read every
+/// 250 ms; the rest is slack for a loaded machine. The figure measured is printed.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Verifies `body` on `http` until the code is `want`; returns how long that took.
+async fn until_code(http: &Http, body: &Value, want: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = code_of(&http.verify(body).await);
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "still {got} instead of {want} after {DEADLINE:?}: the change did not reach the node"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn changes_on_one_node_reach_the_others(app: &mut TestApp) {
+    let a = Http::new(app);
+    let node = app.another_node();
+    let b = a.on(&node.url());
+    let api = a.create_api("orders", "ord").await;
+    let project = a.create_project("shop", None).await;
+    let key = |name: &str| {
+        json!({
+            "api_id": api["id"],
+            "project_id": project["id"],
+            "name": name,
+            "permissions": ["orders.read"],
+        })
+    };
+    let revoked = a.create_key(&key("revoked")).await;
+    let disabled = a.create_key(&key("disabled")).await;
+    let narrowed = a.create_key(&key("narrowed")).await;
+    let limited = a.create_key(&key("limited")).await;
+    let body = |k: &Value| json!({ "key": str_of(k, "key"), "permissions": "orders.read" });
+
+    // Node B caches every key (and the root key) on first use.
+    for k in [&revoked, &disabled, &narrowed, &limited] {
+        for _ in 0..2 {
+            assert_eq!(code_of(&b.verify(&body(k)).await), "VALID");
+        }
+    }
+
+    let mut took = Vec::new();
+    a.delete(&format!("/v1/keys/{}", str_of(&revoked, "id")))
+        .await
+        .expect(200);
+    took.push(until_code(&b, &body(&revoked), "REVOKED").await);
+
+    a.patch(
+        &format!("/v1/keys/{}", str_of(&disabled, "id")),
+        &json!({ "enabled": false }),
+    )
+    .await
+    .expect(200);
+    took.push(until_code(&b, &body(&disabled), "DISABLED").await);
+
+    a.patch(
+        &format!("/v1/keys/{}", str_of(&narrowed, "id")),
+        &json!({ "permissions": [] }),
+    )
+    .await
+    .expect(200);
+    took.push(until_code(&b, &body(&narrowed), "INSUFFICIENT_PERMISSIONS").await);
+
+    // A project's shared rate limit, set on A, is enforced by B.
+    a.patch(
+        &format!("/v1/projects/{}", str_of(&project, "id")),
+        &json!({ "rate_limits": [{ "name": "shared", "limit": 1, "period": "1h" }] }),
+    )
+    .await
+    .expect(200);
+    took.push(until_code(&b, &body(&limited), "RATE_LIMITED").await);
+
+    // A root key revoked on A is refused by B.
+    let created = a
+        .post(
+            "/v1/root-keys",
+            &json!({ "name": "ci", "permissions": ["keys.verify"] }),
+        )
+        .await
+        .expect(201);
+    let ci = b.with_token(str_of(&created, "key"));
+    assert_eq!(
+        ci.verify_code(str_of(&limited, "key")).await,
+        "RATE_LIMITED"
+    );
+    a.delete(&format!("/v1/root-keys/{}", str_of(&created, "id")))
+        .await
+        .expect(200);
+    let start = Instant::now();
+    loop {
+        let res = ci
+            .post(
+                "/v1/keys/verify",
+                &json!({ "key": str_of(&limited, "key") }),
+            )
+            .await;
+        if res.status == 401 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "a revoked root key still works on another node: {}",
+            res.status
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    took.push(start.elapsed());
+    eprintln!("changes reached the other node after {took:?}");
+}
+
+/// A key changed behind keyward's back, by SQL on the database, is picked up too: the feed
+/// is written by triggers, not by keyward's code.
+async fn a_change_made_in_sql_reaches_every_node(app: &mut TestApp) {
+    let a = Http::new(app);
+    let api = a.create_api("orders", "ord").await;
+    let key = a
+        .create_key(&json!({ "api_id": api["id"], "name": "k" }))
+        .await;
+    let body = json!({ "key": str_of(&key, "key") });
+    assert_eq!(code_of(&a.verify(&body).await), "VALID");
+    let sql = format!(
+        "UPDATE keys SET state = 'disabled' WHERE id = '{}'",
+        str_of(&key, "id")
+    );
+    match app.pg_database() {
+        Some(db) => support::run_sql_on(db, sql).expect("update the key in SQL"),
+        None => support::run_sqlite_sql(&app.data_dir.join("keyward.db"), sql)
+            .expect("update the key in SQL"),
+    }
+    until_code(&a, &body, "DISABLED").await;
+}
+
+both_backends!(
+    changes_on_one_node_reach_the_others,
+    a_change_made_in_sql_reaches_every_node
+);
+
+/// DESIGN §8: while the database is unreachable, cached keys keep verifying for a bounded
+/// time (10 s), then the node stops trusting its caches; once the database is back, it
+/// answers again.
+#[tokio::test]
+async fn a_node_cut_off_from_the_feed_stops_answering_from_its_caches() {
+    let Some(app) = support::spawn_app_pg() else {
+        return;
+    };
+    let a = Http::new(&app);
+    let api = a.create_api("orders", "ord").await;
+    let key = a
+        .create_key(&json!({ "api_id": api["id"], "name": "k" }))
+        .await;
+    let body = json!({ "key": str_of(&key, "key") });
+    assert_eq!(code_of(&a.verify(&body).await), "VALID");
+
+    let db = app.pg_database().expect("a PostgreSQL app").to_owned();
+    support::run_admin_sql(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .expect("close the database");
+    support::run_admin_sql(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ))
+    .expect("drop the server's connections");
+    let cut = Instant::now();
+    let reopen = || {
+        support::run_admin_sql(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
+            .expect("reopen the database")
+    };
+
+    // Answered from memory for a while …
+    let first = a.post("/v1/keys/verify", &body).await;
+    if first.status != 200 {
+        reopen();
+        panic!("a cached key stopped verifying at once: {}", first.status);
+    }
+    // … then not any more.
+    let stopped = loop {
+        let res = a.post("/v1/keys/verify", &body).await;
+        if res.status.is_server_error() {
+            break cut.elapsed();
+        }
+        if cut.elapsed() > Duration::from_secs(30) {
+            reopen();
+            panic!("still answering from the cache 30 s after the database went away");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    reopen();
+    assert!(
+        stopped >= Duration::from_secs(5),
+        "stopped trusting the cache after {stopped:?}, before the 10 s bound"
+    );
+    eprintln!("cached keys verified for {stopped:?} without the database");
+    until_code(&a, &body, "VALID").await;
+}
