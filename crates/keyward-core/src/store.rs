@@ -154,4 +154,29 @@ pub trait Store:
     async fn cache_changes_start(&self, before: OffsetDateTime) -> StoreResult<i64>;
     /// Deletes the rows written before `before`; returns how many.
     async fn prune_cache_changes(&self, before: OffsetDateTime) -> StoreResult<u64>;
+    /// Starts waking `wake` whenever the feed may have new rows (PostgreSQL: `LISTEN`, and
+    /// after each reconnection, since notifications may have been lost meanwhile), for as
+    /// long as the returned [`ChangeWatch`] is kept. `None` where the backend has no such
+    /// signal (SQLite): readers then only poll.
+    async fn watch_changes(
+        &self,
+        wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> StoreResult<Option<ChangeWatch>>;
+}
+
+/// A running watch of the change feed (see [`Store::watch_changes`]); dropping it stops it.
+#[derive(Debug)]
+pub struct ChangeWatch(tokio::task::JoinHandle<()>);
+
+impl ChangeWatch {
+    /// Owns `task`, which wakes the reader until it is aborted.
+    pub fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
+impl Drop for ChangeWatch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -1,6 +1,7 @@
-//! The change-feed reader every node runs: every [`POLL_INTERVAL`] it reads the rows other
-//! writers (other nodes, a standalone gateway, the CLI, an operator's SQL) added to the feed
-//! and drops what they name from this node's caches; see `keyward_core::changes`.
+//! The change-feed reader every node runs: every [`POLL_INTERVAL`], and at once when
+//! PostgreSQL notifies a commit, it reads the rows other writers (other nodes, a standalone
+//! gateway, the CLI, an operator's SQL) added to the feed and drops what they name from this
+//! node's caches; see `keyward_core::changes`.
 //!
 //! While reads fail the caches keep answering for [`STALE_AFTER`]; after that they are
 //! emptied and every lookup goes to the store until a read succeeds again.
@@ -10,14 +11,21 @@ use keyward_core::changes::{
 };
 use keyward_core::clock::from_unix_ms;
 use keyward_core::service::Service;
+use keyward_core::store::ChangeWatch;
 use keyward_core::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// How often this node deletes rows older than [`RETENTION`].
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long after a failure to set up notifications they are tried again (reads go on
+/// polling meanwhile).
+const WATCH_RETRY: Duration = Duration::from_secs(10);
+/// How long one read (or setting up notifications) may take before it counts as failed, so
+/// that an unreachable database cannot hold the reader past [`STALE_AFTER`].
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The running reader. [`ChangeFeed::stop`] ends it.
 pub struct ChangeFeed {
@@ -33,6 +41,7 @@ impl ChangeFeed {
         let now = service.clock().now_ms();
         service.set_cache_trust(now.saturating_add(ms(STALE_AFTER)));
         let handle = tokio::spawn(async move {
+            let wake = Arc::new(Notify::new());
             let mut reader = Reader {
                 service,
                 cursor: None,
@@ -40,12 +49,15 @@ impl ChangeFeed {
                 last_prune: now,
                 failing: false,
                 last_stale_warning: false,
+                watch: Watch::Untried,
             };
             let mut ticks = tokio::time::interval(POLL_INTERVAL);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                reader.watch(&wake).await;
                 tokio::select! {
                     _ = ticks.tick() => reader.poll().await,
+                    _ = wake.notified() => reader.poll().await,
                     _ = stopped.changed() => break,
                 }
             }
@@ -71,12 +83,55 @@ struct Reader {
     failing: bool,
     /// … for longer than the caches are trusted (said once).
     last_stale_warning: bool,
+    watch: Watch,
+}
+
+/// Notifications of new rows, where the store has them.
+enum Watch {
+    Untried,
+    /// Running; stopped when dropped with the reader.
+    On {
+        _running: ChangeWatch,
+    },
+    /// The store cannot notify (SQLite).
+    Unsupported,
+    /// Setting up failed; tried again at this time (unix ms).
+    RetryAt(i64),
 }
 
 impl Reader {
+    /// Sets up notifications if they are not running and may be.
+    async fn watch(&mut self, wake: &Arc<Notify>) {
+        let now = self.service.clock().now_ms();
+        match self.watch {
+            Watch::On { .. } | Watch::Unsupported => return,
+            Watch::RetryAt(at) if now < at => return,
+            Watch::Untried | Watch::RetryAt(_) => {}
+        }
+        let setup = self.service.store().watch_changes(Arc::clone(wake));
+        self.watch = match tokio::time::timeout(READ_TIMEOUT, setup).await {
+            Ok(Ok(Some(running))) => {
+                // Whatever committed before the listener was up is read by the next poll.
+                wake.notify_one();
+                Watch::On { _running: running }
+            }
+            Ok(Ok(None)) => Watch::Unsupported,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "change feed: cannot listen for changes; polling");
+                Watch::RetryAt(now.saturating_add(ms(WATCH_RETRY)))
+            }
+            Err(_) => Watch::RetryAt(now.saturating_add(ms(WATCH_RETRY))),
+        };
+    }
+
     async fn poll(&mut self) {
         let started = self.service.clock().now_ms();
-        match self.read(started).await {
+        let read = tokio::time::timeout(READ_TIMEOUT, self.read(started)).await;
+        let timed_out = || {
+            let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "the read timed out");
+            Err(StoreError::backend(e))
+        };
+        match read.unwrap_or_else(|_| timed_out()) {
             Ok(applied) => {
                 if self.failing {
                     tracing::info!("change feed readable again; caches trusted");

@@ -12,12 +12,18 @@ use keyward_core::model::{
 };
 use keyward_core::store::StoreResult;
 use keyward_core::StoreError;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
+use tokio::sync::Notify;
 
 const MAX_CONNECTIONS: u32 = 16;
+/// The channel the change feed's triggers notify at commit (migrations/postgres/0007).
+const CHANGES_CHANNEL: &str = "keyward_cache_changes";
+/// How long a failed listener waits before trying again.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`keyward_core::Store`] on a PostgreSQL database.
@@ -53,6 +59,34 @@ impl PgStore {
     /// Closes every connection of the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// `LISTEN`s on the change feed's channel with a connection of its own and wakes `wake`
+    /// on every notification, and whenever the connection was lost (notifications sent
+    /// meanwhile are gone, so the reader should look).
+    async fn watch_changes_with(
+        &self,
+        wake: Arc<Notify>,
+    ) -> StoreResult<Option<keyward_core::store::ChangeWatch>> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        listener.listen(CHANGES_CHANNEL).await.map_err(map_sqlx)?;
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => wake.notify_one(),
+                    // Lost; the next call reconnects and listens again.
+                    Ok(None) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "change feed: LISTEN failed; retrying");
+                        wake.notify_one();
+                        tokio::time::sleep(LISTEN_RETRY).await;
+                    }
+                }
+            }
+        });
+        Ok(Some(keyward_core::store::ChangeWatch::new(task)))
     }
 }
 

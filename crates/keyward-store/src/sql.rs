@@ -747,6 +747,13 @@ macro_rules! impl_store {
                 Ok(start)
             }
 
+            async fn watch_changes(
+                &self,
+                wake: std::sync::Arc<tokio::sync::Notify>,
+            ) -> StoreResult<Option<keyward_core::store::ChangeWatch>> {
+                self.watch_changes_with(wake).await
+            }
+
             async fn prune_cache_changes(&self, before: OffsetDateTime) -> StoreResult<u64> {
                 let done = sqlx::query(sql::PRUNE_CACHE_CHANGES)
                     .bind(ms(before))

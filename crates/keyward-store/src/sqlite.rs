@@ -71,6 +71,14 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+
+    /// SQLite cannot signal other processes: their readers poll the change feed.
+    async fn watch_changes_with(
+        &self,
+        _wake: std::sync::Arc<tokio::sync::Notify>,
+    ) -> StoreResult<Option<keyward_core::store::ChangeWatch>> {
+        Ok(None)
+    }
 }
 
 sql::impl_store!(SqliteStore);

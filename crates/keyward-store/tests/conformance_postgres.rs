@@ -114,6 +114,36 @@ async fn open_by_url_connects_and_migrates() {
     .await;
 }
 
+/// A change committed through another store handle (another node) wakes this one's change
+/// feed reader, through `LISTEN` on a connection of its own.
+#[tokio::test]
+async fn a_commit_elsewhere_wakes_the_change_feed_watcher() {
+    use keyward_store::conformance::{api, new_workspace, T0};
+    use std::time::Duration;
+    in_fresh_database(|url| async move {
+        let here = keyward_store::open(&url, true).await.expect("open here");
+        let elsewhere = keyward_store::open(&url, false)
+            .await
+            .expect("open elsewhere");
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let watch = here
+            .watch_changes(Arc::clone(&wake))
+            .await
+            .expect("watch the feed")
+            .expect("PostgreSQL can notify");
+        let ws = new_workspace(&*elsewhere).await;
+        let mut a = api(&ws.id, T0);
+        elsewhere.insert_api(&a).await.expect("insert api");
+        a.name = "renamed".to_owned();
+        assert!(elsewhere.update_api(&a).await.expect("update api"));
+        tokio::time::timeout(Duration::from_secs(10), wake.notified())
+            .await
+            .expect("woken by the commit");
+        drop(watch);
+    })
+    .await;
+}
+
 #[test]
 fn the_database_name_is_replaced_and_the_rest_kept() {
     assert_eq!(

@@ -22,6 +22,17 @@ where
 
 keyward_store::conformance_tests!(with_sqlite);
 
+/// SQLite cannot signal other processes: their change-feed readers poll.
+#[tokio::test]
+async fn the_change_feed_has_no_signal_on_sqlite() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("kw.db").display());
+    let store = keyward_store::open(&url, true).await.expect("open");
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let watch = store.watch_changes(wake).await.expect("watch the feed");
+    assert!(watch.is_none());
+}
+
 #[tokio::test]
 async fn migrating_twice_applies_nothing_the_second_time() {
     let dir = tempfile::tempdir().expect("temporary directory");
