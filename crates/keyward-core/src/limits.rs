@@ -284,7 +284,9 @@ impl Limits {
     }
 
     /// The rules of a key just loaded from the store, sharing the counters that exist. A
-    /// quota counter not yet in memory starts from the stored (last flushed) value.
+    /// quota counter not yet in memory starts from the stored (last flushed) value, and so
+    /// does one that was last refilled before the stored value was (reset or refilled by
+    /// another node: the change feed reloads the key when that happens).
     pub fn rules_for(&self, record: &VerifyRecord) -> KeyRules {
         let key = &record.key;
         let key_cell = (!key.rate_limits.is_empty() || key.usage_limit.is_some())
@@ -329,15 +331,25 @@ impl Limits {
         let quota = match (&key_cell, &key.usage_limit) {
             (Some(cell), Some(u)) => {
                 let mut state = cell.lock();
-                if state.quota.is_none() {
+                let stored_refill = to_unix_ms(key.usage_refilled_at.unwrap_or(key.created_at));
+                match state.quota.as_mut() {
                     // Not yet in memory: start from the stored (last flushed) value.
-                    let refilled_at = key.usage_refilled_at.unwrap_or(key.created_at);
-                    state.quota = Some(Quota {
-                        remaining: u.remaining,
-                        refilled_at_ms: to_unix_ms(refilled_at),
-                        next_refill: None,
-                        dirty: false,
-                    });
+                    None => {
+                        state.quota = Some(Quota {
+                            remaining: u.remaining,
+                            refilled_at_ms: stored_refill,
+                            next_refill: None,
+                            dirty: false,
+                        });
+                    }
+                    // Reset or refilled elsewhere since this node's last refill: the newer
+                    // wins. (A pending flush then writes the same value back.)
+                    Some(q) if stored_refill > q.refilled_at_ms => {
+                        q.remaining = u.remaining;
+                        q.refilled_at_ms = stored_refill;
+                        q.next_refill = None;
+                    }
+                    Some(_) => {}
                 }
                 Some(QuotaSlot {
                     refill: u.refill.clone(),
@@ -902,6 +914,38 @@ mod tests {
             c.steps[0].reason.contains("\"narrow\" (2 per 1m) ran out"),
             "{}",
             c.steps[0].reason
+        );
+    }
+
+    #[test]
+    fn a_quota_reset_elsewhere_replaces_the_counter_and_an_older_one_does_not() {
+        let limits = Limits::new();
+        let used_up = limits.rules_for(&record(vec![], quota(1, None)));
+        assert_eq!(used_up.charge(&limits, NOW, 1, false).denied, None);
+        assert_eq!(
+            used_up.charge(&limits, NOW, 1, false).denied,
+            Some(Code::UsageExceeded)
+        );
+        // Reloaded as last flushed by this node (refilled when the key was created): the
+        // counter in memory is newer and stays.
+        let again = limits.rules_for(&record(vec![], quota(1, None)));
+        assert_eq!(
+            again.charge(&limits, NOW, 1, false).denied,
+            Some(Code::UsageExceeded)
+        );
+        // Reloaded after another node reset it to 5 (a later refill time): 5 it is.
+        let mut reset = record(vec![], quota(5, None));
+        reset.key.usage_refilled_at = Some(NOW + time::Duration::seconds(1));
+        let reloaded = limits.rules_for(&reset);
+        assert_eq!(
+            reloaded.charge(&limits, NOW, 1, false).usage,
+            Some(UsageState { remaining: 4 })
+        );
+        // The same reset read again changes nothing: 4 stays 4.
+        let same = limits.rules_for(&reset);
+        assert_eq!(
+            same.charge(&limits, NOW, 1, false).usage,
+            Some(UsageState { remaining: 3 })
         );
     }
 

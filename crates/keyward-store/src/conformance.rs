@@ -1442,12 +1442,12 @@ pub async fn every_change_a_cached_verdict_depends_on_is_in_the_change_feed(stor
         "creating things changes nothing cached"
     );
 
-    // Usage flushes (every node, every second) are not changes.
+    // Usage flushes (every node, every second) are not changes …
     let usage = UsageBatch {
         quotas: vec![QuotaUpdate {
             identity_id: k.identity_id.clone(),
             remaining: 5,
-            refilled_at: at(1_000),
+            refilled_at: k.usage_refilled_at.expect("the fixture's last refill"),
         }],
         uses: vec![UseUpdate {
             key_id: k.id.clone(),
@@ -1457,6 +1457,20 @@ pub async fn every_change_a_cached_verdict_depends_on_is_in_the_change_feed(stor
     };
     store.record_usage(&usage).await.step("record usage");
     assert_eq!(feed_after(&*store, start, &targets).await, []);
+    // … but a quota reset or refilled is: the other nodes take the newer counter.
+    let refill = UsageBatch {
+        quotas: vec![QuotaUpdate {
+            identity_id: k.identity_id.clone(),
+            remaining: 100,
+            refilled_at: at(1_000),
+        }],
+        uses: Vec::new(),
+    };
+    store.record_usage(&refill).await.step("record a refill");
+    assert_eq!(
+        feed_after(&*store, start, &targets).await,
+        [targets[0].clone()]
+    );
 
     let renamed = Key {
         name: "renamed".to_owned(),
@@ -1481,6 +1495,7 @@ pub async fn every_change_a_cached_verdict_depends_on_is_in_the_change_feed(stor
     assert_eq!(
         feed_after(&*store, start, &targets).await,
         [
+            targets[0].clone(),
             targets[0].clone(),
             targets[1].clone(),
             targets[2].clone(),
@@ -1508,6 +1523,6 @@ pub async fn every_change_a_cached_verdict_depends_on_is_in_the_change_feed(stor
         .prune_cache_changes(tomorrow)
         .await
         .step("prune the feed");
-    assert!(pruned >= 6, "pruned {pruned} rows");
+    assert!(pruned >= 7, "pruned {pruned} rows");
     assert_eq!(feed_after(&*store, start, &targets).await, []);
 }

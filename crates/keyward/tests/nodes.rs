@@ -87,6 +87,25 @@ async fn changes_on_one_node_reach_the_others(app: &mut TestApp) {
     .expect(200);
     took.push(until_code(&b, &body(&limited), "RATE_LIMITED").await);
 
+    // A quota used up on B and topped up on A is available on B again.
+    let quota = a
+        .create_key(&json!({
+            "api_id": api["id"],
+            "name": "quota",
+            "usage_limit": { "remaining": 1 },
+        }))
+        .await;
+    let quota_body = json!({ "key": str_of(&quota, "key") });
+    assert_eq!(code_of(&b.verify(&quota_body).await), "VALID");
+    assert_eq!(code_of(&b.verify(&quota_body).await), "USAGE_EXCEEDED");
+    a.patch(
+        &format!("/v1/keys/{}", str_of(&quota, "id")),
+        &json!({ "usage_limit": { "remaining": 3 } }),
+    )
+    .await
+    .expect(200);
+    took.push(until_code(&b, &quota_body, "VALID").await);
+
     // A root key revoked on A is refused by B.
     let created = a
         .post(

@@ -14,8 +14,10 @@
 -- a rolled-back transaction's (keyward_core::changes::FeedCursor).
 --
 -- A new column on keys, apis, projects or root_keys that a cached verdict depends on must be
--- added to the trigger's WHEN below (the usage columns are left out on purpose: every node
--- writes them every second, and the caches do not hold them).
+-- added to the trigger's WHEN below. The usage columns are left out on purpose (every node
+-- writes them every second, and the caches do not hold them), except usage_refilled_at, which
+-- changes only when a quota is reset (PATCH usage_limit) or refilled: the other nodes then
+-- reload the key and take the newer quota.
 
 CREATE TABLE cache_changes (
     seq    BIGSERIAL NOT NULL PRIMARY KEY,
@@ -51,12 +53,14 @@ CREATE TRIGGER keys_cache_change AFTER UPDATE ON keys FOR EACH ROW
 WHEN ((OLD.workspace_id, OLD.api_id, OLD.project_id, OLD.name, OLD.digest,
        OLD.digest_version, OLD.state, OLD.state_reason, OLD.permissions, OLD.roles, OLD.meta,
        OLD.expires_at, OLD.rate_limits, OLD.usage_limit, OLD.restrictions, OLD.rotated_from,
-       OLD.rotated_to, OLD.updated_at, OLD.revoked_at, OLD.identity_id)
+       OLD.rotated_to, OLD.updated_at, OLD.revoked_at, OLD.identity_id,
+       OLD.usage_refilled_at)
       IS DISTINCT FROM
       (NEW.workspace_id, NEW.api_id, NEW.project_id, NEW.name, NEW.digest,
        NEW.digest_version, NEW.state, NEW.state_reason, NEW.permissions, NEW.roles, NEW.meta,
        NEW.expires_at, NEW.rate_limits, NEW.usage_limit, NEW.restrictions, NEW.rotated_from,
-       NEW.rotated_to, NEW.updated_at, NEW.revoked_at, NEW.identity_id))
+       NEW.rotated_to, NEW.updated_at, NEW.revoked_at, NEW.identity_id,
+       NEW.usage_refilled_at))
 EXECUTE FUNCTION keyward_key_cache_change();
 
 CREATE TRIGGER keys_cache_delete AFTER DELETE ON keys FOR EACH ROW

@@ -9,8 +9,10 @@
 -- at:     unix ms when the row was written; rows older than an hour are pruned.
 --
 -- A new column on keys, apis, projects or root_keys that a cached verdict depends on must be
--- added to the trigger's WHEN below (the usage columns are left out on purpose: every node
--- writes them every second, and the caches do not hold them).
+-- added to the trigger's WHEN below. The usage columns are left out on purpose (every node
+-- writes them every second, and the caches do not hold them), except usage_refilled_at, which
+-- changes only when a quota is reset (PATCH usage_limit) or refilled: the other nodes then
+-- reload the key and take the newer quota.
 
 CREATE TABLE cache_changes (
     seq    INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
@@ -31,6 +33,7 @@ WHEN OLD.workspace_id IS NOT NEW.workspace_id OR OLD.api_id IS NOT NEW.api_id
     OR OLD.restrictions IS NOT NEW.restrictions OR OLD.rotated_from IS NOT NEW.rotated_from
     OR OLD.rotated_to IS NOT NEW.rotated_to OR OLD.updated_at IS NOT NEW.updated_at
     OR OLD.revoked_at IS NOT NEW.revoked_at OR OLD.identity_id IS NOT NEW.identity_id
+    OR OLD.usage_refilled_at IS NOT NEW.usage_refilled_at
 BEGIN
     INSERT INTO cache_changes (kind, target, at)
         VALUES ('key', lower(hex(OLD.digest)), CAST(strftime('%s', 'now') AS INTEGER) * 1000);
