@@ -9,7 +9,9 @@
 #
 # Needs the shared harness's build and seed (see README.md): HELLO (default
 # $BENCH_WORK/target/release/hello, BENCH_WORK=/root/kw-bench) and SEED (default
-# /dev/shm/kw-bench-seed, made by bench_seed).
+# /dev/shm/kw-bench-seed, made by bench_seed). SEED_2, if set, is the second binary's data dir
+# (its own seed, made by its own bench_seed), for binaries whose schemas differ: a binary
+# refuses a database migrated by a newer one.
 #
 # AB=gw-reject compares the binaries' gateway reject path instead (unknown keys -> 401, as
 # the keyward-gw-reject target), on the harness's gateway copy (GW_DIR, default
@@ -63,15 +65,18 @@ if [[ "${AB:-verify}" == gw-reject ]]; then
     exit 0
 fi
 
-export KEYS_FILE="$SEED/load_keys.txt" LOAD_MODE=json LOAD_AUTH
-LOAD_AUTH="$(cat "$SEED/root_key.txt")"
+export KEYS_FILE LOAD_MODE=json LOAD_AUTH
+seeds=("$SEED" "${SEED_2:-$SEED}")
 for r in $(seq "$rounds"); do
     echo "round $r"
+    KEYS_FILE="$SEED/load_keys.txt" LOAD_AUTH="$(cat "$SEED/root_key.txt")"
     LOAD_PATH=/v1/verify run hello-post "$HELLO" "127.0.0.1:$PORT"
     i=0
     for bin in "$@"; do
+        seed=${seeds[$i]:-$SEED}
         i=$((i + 1))
+        KEYS_FILE="$seed/load_keys.txt" LOAD_AUTH="$(cat "$seed/root_key.txt")"
         LOAD_PATH=/v1/keys/verify run "keyward-$i" env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE \
-            -u KEYWARD_PEPPER_FILE "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$SEED" --workers 1
+            -u KEYWARD_PEPPER_FILE "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$seed" --workers 1
     done
 done

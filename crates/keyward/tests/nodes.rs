@@ -29,6 +29,17 @@ async fn until_code(http: &Http, body: &Value, want: &str) -> Duration {
     }
 }
 
+/// A new key of a new api, verified once (so cached); and its verify request.
+async fn a_cached_key(http: &Http) -> (Value, Value) {
+    let api = http.create_api("orders", "ord").await;
+    let key = http
+        .create_key(&json!({ "api_id": api["id"], "name": "k" }))
+        .await;
+    let body = json!({ "key": str_of(&key, "key") });
+    assert_eq!(code_of(&http.verify(&body).await), "VALID");
+    (key, body)
+}
+
 async fn changes_on_one_node_reach_the_others(app: &mut TestApp) {
     let a = Http::new(app);
     let node = app.another_node();
@@ -148,12 +159,7 @@ async fn changes_on_one_node_reach_the_others(app: &mut TestApp) {
 /// is written by triggers, not by keyward's code.
 async fn a_change_made_in_sql_reaches_every_node(app: &mut TestApp) {
     let a = Http::new(app);
-    let api = a.create_api("orders", "ord").await;
-    let key = a
-        .create_key(&json!({ "api_id": api["id"], "name": "k" }))
-        .await;
-    let body = json!({ "key": str_of(&key, "key") });
-    assert_eq!(code_of(&a.verify(&body).await), "VALID");
+    let (key, body) = a_cached_key(&a).await;
     let sql = format!(
         "UPDATE keys SET state = 'disabled' WHERE id = '{}'",
         str_of(&key, "id")
@@ -180,12 +186,7 @@ async fn a_node_cut_off_from_the_feed_stops_answering_from_its_caches() {
         return;
     };
     let a = Http::new(&app);
-    let api = a.create_api("orders", "ord").await;
-    let key = a
-        .create_key(&json!({ "api_id": api["id"], "name": "k" }))
-        .await;
-    let body = json!({ "key": str_of(&key, "key") });
-    assert_eq!(code_of(&a.verify(&body).await), "VALID");
+    let (_, body) = a_cached_key(&a).await;
 
     let db = app.pg_database().expect("a PostgreSQL app").to_owned();
     support::run_admin_sql(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
@@ -218,11 +219,30 @@ async fn a_node_cut_off_from_the_feed_stops_answering_from_its_caches() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let gauge = a.anonymous().get("/metrics").await.text;
     reopen();
+    assert!(
+        gauge.contains("\nkeyward_key_cache_trusted 0\n"),
+        "the metric says the caches are not trusted:\n{gauge}"
+    );
     assert!(
         stopped >= Duration::from_secs(5),
         "stopped trusting the cache after {stopped:?}, before the 10 s bound"
     );
     eprintln!("cached keys verified for {stopped:?} without the database");
+    // Verifies work again as soon as the store answers; the caches are trusted again once
+    // the feed has been read.
     until_code(&a, &body, "VALID").await;
+    let back = Instant::now();
+    loop {
+        let gauge = a.anonymous().get("/metrics").await.text;
+        if gauge.contains("\nkeyward_key_cache_trusted 1\n") {
+            break;
+        }
+        assert!(
+            back.elapsed() < DEADLINE,
+            "caches still not trusted:\n{gauge}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

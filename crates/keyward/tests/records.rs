@@ -536,6 +536,7 @@ async fn metrics_expose_every_series_and_the_counts_move(app: &TestApp) {
         "keyward_key_cache_lookups_total{result=\"hit\"}",
         "keyward_key_cache_lookups_total{result=\"miss\"}",
         "keyward_key_cache_hit_ratio",
+        "keyward_key_cache_trusted",
         "keyward_access_log_queue_depth",
         "keyward_access_log_flush_lag_seconds",
         "keyward_access_log_dropped_total",

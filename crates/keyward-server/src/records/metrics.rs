@@ -127,6 +127,15 @@ impl Metrics {
             hits as f64 / total as f64
         };
         let _ = writeln!(out, "keyward_key_cache_hit_ratio {ratio}");
+        family(
+            &mut out,
+            "keyward_key_cache_trusted",
+            "gauge",
+            "1 while the key caches may answer; 0 once the change feed has been unreadable for \
+             10 s (every verify then goes to the store).",
+        );
+        let trusted = service.caches_trusted_at(service.clock().now_ms());
+        let _ = writeln!(out, "keyward_key_cache_trusted {}", u8::from(trusted));
 
         let gauges: [(&str, &str, u64); 4] = [
             (

@@ -426,58 +426,60 @@ pub fn run_sql_on(db: &str, sql: String) -> Result<(), String> {
 }
 
 fn run_pg_sql(url: String, sql: String) -> Result<(), String> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    on_own_runtime(move || async move {
+        use sqlx::Connection as _;
+        let connect = sqlx::PgConnection::connect(&url);
+        let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| "timed out connecting".to_owned())?
             .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            use sqlx::Connection as _;
-            let connect = sqlx::PgConnection::connect(&url);
-            let mut conn = tokio::time::timeout(Duration::from_secs(5), connect)
-                .await
-                .map_err(|_| "timed out connecting".to_owned())?
-                .map_err(|e| e.to_string())?;
-            sqlx::query(&sql)
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            conn.close().await.map_err(|e| e.to_string())
-        })
+        sqlx::query(&sql)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.close().await.map_err(|e| e.to_string())
     })
-    .join()
-    .map_err(|_| "admin thread panicked".to_owned())?
 }
 
 /// Runs one statement on the SQLite database `file`, beside the server using it.
 pub fn run_sqlite_sql(file: &Path, sql: String) -> Result<(), String> {
     let url = format!("sqlite://{}", file.display());
+    on_own_runtime(move || async move {
+        use sqlx::sqlite::SqliteConnectOptions;
+        use sqlx::ConnectOptions as _;
+        use std::str::FromStr as _;
+        let mut conn = SqliteConnectOptions::from_str(&url)
+            .map_err(|e| e.to_string())?
+            .busy_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::query(&sql)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::Connection::close(conn)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Runs `work` on a fresh thread with its own runtime, so that it works both inside and
+/// outside an async test (and from `Drop`).
+fn on_own_runtime<F, Fut>(work: F) -> Result<(), String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        rt.block_on(async move {
-            use sqlx::sqlite::SqliteConnectOptions;
-            use sqlx::ConnectOptions as _;
-            use std::str::FromStr as _;
-            let mut conn = SqliteConnectOptions::from_str(&url)
-                .map_err(|e| e.to_string())?
-                .busy_timeout(Duration::from_secs(5))
-                .connect()
-                .await
-                .map_err(|e| e.to_string())?;
-            sqlx::query(&sql)
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            sqlx::Connection::close(conn)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        rt.block_on(work())
     })
     .join()
-    .map_err(|_| "sqlite thread panicked".to_owned())?
+    .map_err(|_| "helper thread panicked".to_owned())?
 }
 
 /// Turns each `async fn NAME(app: &TestApp)` (or `&mut TestApp`) into a module `NAME` with
