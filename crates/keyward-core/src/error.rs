@@ -8,9 +8,13 @@ pub enum StoreError {
     /// A unique constraint was violated (e.g. a duplicate key digest or api prefix).
     #[error("conflict: {0}")]
     Conflict(String),
-    /// The backend failed (connection lost, disk full, …).
+    /// The backend failed (disk full, a statement refused, …).
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend could not be reached (connection refused or lost, no connection free in
+    /// time, the server shutting down): the same request may succeed later or on another node.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A stored row could not be decoded into a domain value.
     #[error("corrupt row: {0}")]
     Corrupt(String),

@@ -152,6 +152,14 @@ impl From<Error> for ApiError {
                     "the request conflicts with an existing object",
                 )
             }
+            Error::Store(StoreError::Unavailable(cause)) => {
+                log_cause_chain(cause.as_ref());
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the database cannot be reached; try again shortly",
+                )
+            }
             Error::Store(store) => {
                 log_cause_chain(&store);
                 Self::internal()
@@ -311,6 +319,13 @@ mod tests {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
             ),
+            (
+                Error::Store(StoreError::Unavailable(Box::new(std::io::Error::other(
+                    "connection refused to 10.0.0.7",
+                )))),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+            ),
         ];
         for (err, status, code) in cases {
             let api = ApiError::from(err);
@@ -324,5 +339,8 @@ mod tests {
         assert!(!api.detail.contains("secret"));
         let api = ApiError::from(Error::Store(StoreError::Conflict("keys.digest".into())));
         assert!(!api.detail.contains("digest"));
+        let refused = std::io::Error::other("connection refused to 10.0.0.7");
+        let api = ApiError::from(Error::Store(StoreError::Unavailable(Box::new(refused))));
+        assert!(!api.detail.contains("10.0.0.7"));
     }
 }

@@ -4,9 +4,24 @@ use keyward_core::StoreError;
 use std::io;
 
 /// Maps a sqlx error: unique violations become `Conflict` naming the constraint (never the
-/// value), undecodable columns become `Corrupt`, everything else is `Backend`.
+/// value), undecodable columns become `Corrupt`, a database that cannot be reached becomes
+/// `Unavailable`, everything else is `Backend`.
 pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
     match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(Box::new(e)),
+        // PostgreSQL cannot be used right now: connection exceptions (class 08), the server
+        // shutting down or starting (57P01–57P03), too many connections (53300), the database
+        // not accepting connections (55000: keyward's statements raise it for nothing else).
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|c| {
+                c.starts_with("08") || c.starts_with("57P") || c == "53300" || c == "55000"
+            }) =>
+        {
+            StoreError::Unavailable(Box::new(sqlx::Error::Database(db)))
+        }
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             // Security: PostgreSQL puts the duplicate value (e.g. a key digest) in the
             // error's detail, so the database error itself is dropped here.

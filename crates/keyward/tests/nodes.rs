@@ -255,6 +255,13 @@ async fn a_node_cut_off_from_the_feed_stops_answering_from_its_caches() {
     let stopped = loop {
         let res = a.post("/v1/keys/verify", &body).await;
         if res.status.is_server_error() {
+            if res.status != 503 {
+                reopen();
+                let logs = app.logs();
+                let tail = &logs[logs.len().saturating_sub(2000)..];
+                panic!("{}: {}\nserver log:\n{tail}", res.status, res.text);
+            }
+            res.expect_problem(503, "store_unavailable");
             break cut.elapsed();
         }
         if cut.elapsed() > Duration::from_secs(30) {
