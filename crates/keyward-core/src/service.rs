@@ -350,8 +350,7 @@ impl Service {
             .revoke_root_key(&actor.workspace_id, id, now)
             .await?
             .ok_or(Error::NotFound(Kind::RootKey))?;
-        self.root_epoch.fetch_add(1, Ordering::SeqCst);
-        self.root_cache.retain(|_, a| a.id != root.id);
+        self.forget(&ChangeTarget::RootKey(root.id.clone()));
         let changes = serde_json::json!({ "revoked_at": rfc3339(root.revoked_at) });
         self.audit(actor, "root_key.revoke", &root.id, changes)
             .await?;
