@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use time::OffsetDateTime;
 
+pub mod shared;
+
 /// Longest period a rate limit is computed with (about 73 years); longer ones are clamped.
 const MAX_PERIOD_NS: i64 = i64::MAX / 4;
 
@@ -108,6 +110,8 @@ impl Gcra {
 pub struct Cell {
     /// The key identity, for key cells (what a quota flush writes under); empty for projects.
     identity: Box<str>,
+    /// `k:{identity}` or `p:{project}`: the cell's name in [`Limits`] and in shared counters.
+    scope: Box<str>,
     state: Mutex<State>,
 }
 
@@ -142,6 +146,9 @@ struct Quota {
     next_refill: Option<(RefillInterval, i64)>,
     /// Changed since the last flush (and queued in `Limits::dirty_quotas`).
     dirty: bool,
+    /// Charged here while the shared counters were unreachable, not yet taken off the shared
+    /// counter (see [`shared`]).
+    owed: u64,
 }
 
 impl Quota {
@@ -165,6 +172,18 @@ impl Quota {
     }
 }
 
+/// The last UTC midnight (daily) or first of a month (monthly) at or before `now_ms`: a
+/// counter last refilled before it is due a refill (`next_refill_after(r) <= now` exactly
+/// when `r < period_start(now)`), which is how a shared counter decides without a calendar.
+pub fn period_start(now_ms: i64, interval: RefillInterval) -> i64 {
+    let date = from_unix_ms(now_ms).date();
+    let start = match interval {
+        RefillInterval::Daily => Some(date),
+        RefillInterval::Monthly => date.replace_day(1).ok(),
+    };
+    start.map_or(i64::MIN, |d| to_unix_ms(d.midnight().assume_utc()))
+}
+
 /// The first UTC midnight (daily) or first of a month (monthly) strictly after `after_ms`.
 pub fn next_refill_after(after_ms: i64, interval: RefillInterval) -> i64 {
     let date = from_unix_ms(after_ms).date();
@@ -182,9 +201,10 @@ pub fn next_refill_after(after_ms: i64, interval: RefillInterval) -> i64 {
 }
 
 impl Cell {
-    fn new(identity: &str) -> Self {
+    fn new(scope: &str, identity: &str) -> Self {
         Self {
             identity: Box::from(identity),
+            scope: Box::from(scope),
             state: Mutex::new(State::default()),
         }
     }
@@ -340,6 +360,7 @@ impl Limits {
                             refilled_at_ms: stored_refill,
                             next_refill: None,
                             dirty: false,
+                            owed: 0,
                         });
                     }
                     // Reset or refilled elsewhere since this node's last refill: the newer
@@ -372,12 +393,14 @@ impl Limits {
 
     /// The cell of `scope` (`k:{identity}` or `p:{project}`), created empty if new.
     fn cell(&self, scope: String, identity: &str) -> Arc<Cell> {
-        Arc::clone(
-            self.cells
-                .entry(scope)
-                .or_insert_with(|| Arc::new(Cell::new(identity)))
-                .value(),
-        )
+        match self.cells.entry(scope) {
+            dashmap::Entry::Occupied(e) => Arc::clone(e.get()),
+            dashmap::Entry::Vacant(e) => {
+                let cell = Arc::new(Cell::new(e.key(), identity));
+                e.insert(Arc::clone(&cell));
+                cell
+            }
+        }
     }
 
     /// Sets the quota of `identity` to `remaining` (a `PATCH` of `usage_limit`), creating the
@@ -398,6 +421,7 @@ impl Limits {
                     refilled_at_ms: now_ms,
                     next_refill: None,
                     dirty: false,
+                    owed: 0,
                 });
             }
         }

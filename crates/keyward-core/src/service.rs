@@ -5,6 +5,7 @@ use crate::changes::ChangeTarget;
 use crate::clock::{to_unix_ms, Clock, UnixNanos};
 use crate::digest::{ct_eq, Peppers};
 use crate::error::{Error, Kind, StoreError};
+use crate::limits::shared::SharedCounters;
 use crate::model::{
     Api, CreateApiRequest, CreateKeyRequest, CreateProjectRequest, CreateRootKeyRequest, Key,
     KeyFilter, KeyState, Listing, Meta, Page, Project, RateLimit, RootKey, RotateKeyRequest,
@@ -105,6 +106,9 @@ pub struct Service {
     cache_misses: AtomicU64,
     /// Until when (unix ms) the caches may answer; see [`Service::set_cache_trust`].
     cache_trusted_until: AtomicI64,
+    /// Rate-limit and quota counters shared with the other nodes (Redis); `None` counts on
+    /// this node only.
+    shared: std::sync::OnceLock<Arc<dyn SharedCounters>>,
 }
 
 impl Service {
@@ -124,7 +128,19 @@ impl Service {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             cache_trusted_until: AtomicI64::new(i64::MAX),
+            shared: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Charges rate limits and quotas on `counters`, shared with every node using them,
+    /// instead of on this node alone. The first one set wins; returns whether this one did.
+    pub fn set_shared_counters(&self, counters: Arc<dyn SharedCounters>) -> bool {
+        self.shared.set(counters).is_ok()
+    }
+
+    /// The shared counters, if set.
+    pub fn shared_counters(&self) -> Option<&Arc<dyn SharedCounters>> {
+        self.shared.get()
     }
 
     /// Sends every verdict of [`Service::verify`] to `recorder`.
@@ -1023,14 +1039,14 @@ impl Service {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         }
         let mut resp = crate::verify::evaluate(cached, req, expr, now, explain);
-        self.apply_rules(req, now, &mut resp);
+        self.apply_rules(req, now, &mut resp).await;
         Ok(resp)
     }
 
     /// The checks after permissions: records the use of a live key, then (if every earlier
     /// check passed) charges its rate limits and quota, all or nothing. The key is the
     /// verdict's.
-    fn apply_rules(&self, req: &VerifyInput<'_>, now: UnixNanos, resp: &mut VerifyResponse) {
+    async fn apply_rules(&self, req: &VerifyInput<'_>, now: UnixNanos, resp: &mut VerifyResponse) {
         if matches!(resp.code, Code::Revoked | Code::Disabled | Code::Expired) {
             return;
         }
@@ -1042,9 +1058,21 @@ impl Service {
             return;
         }
         let explain = resp.explain.is_some();
-        let charge = cached
-            .rules
-            .charge(&self.limits, now, req.cost.unwrap_or(1), explain);
+        let cost = req.cost.unwrap_or(1);
+        let charge = match self.shared.get() {
+            // Boxed: a verify without shared counters keeps its future small.
+            Some(shared) if !cached.rules.is_empty() => {
+                Box::pin(cached.rules.charge_shared(
+                    &self.limits,
+                    shared.as_ref(),
+                    now,
+                    cost,
+                    explain,
+                ))
+                .await
+            }
+            _ => cached.rules.charge(&self.limits, now, cost, explain),
+        };
         if let Some(code) = charge.denied {
             resp.code = code;
             resp.valid = false;
