@@ -12,6 +12,7 @@ mod migrations;
 mod postgres;
 mod records;
 mod rows;
+pub mod shared_counters;
 mod sql;
 mod sqlite;
 mod users;
