@@ -8,6 +8,10 @@
 #                    enough to admit, a quota, IP and path restrictions) and each request the
 #                    matching ip and path; compared with keyward-verify (target: ≤ 1.3× its
 #                    µs per request).
+#   keyward-verify-rules-redis  keyward-verify-rules with the counters shared through Redis
+#                    (--redis-url $KW_REDIS_URL, a fresh prefix per round): one Lua script per
+#                    verify. Compared with keyward-verify-rules. Redis is not pinned, and its CPU
+#                    is not in "srv µs/req": compare req/s.
 #   keyward-gw       `keyward gateway --workers $SRV_N` in front of the same `hello` upstream
 #                    (both pinned to the server core), key in x-api-key, every one of the
 #                    seeded keys limited to $BURST per $BURST/$RATE s (GCRA: $RATE/s, burst
@@ -46,8 +50,9 @@ P_KW_VERIFY="${P_KW_VERIFY:-18120}"
 KW_GW_DIR="${KW_GW_DIR:-/dev/shm/kw-bench-gw}"
 P_KW_GW="${P_KW_GW:-18121}"
 KW_RULES_DIR="${KW_RULES_DIR:-/dev/shm/kw-bench-rules}"
+KW_REDIS_URL="${KW_REDIS_URL:-redis://127.0.0.1:6379}"
 
-EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify keyward-verify-rules keyward-gw keyward-gw-reject"
+EXTRA_TARGET_NAMES="${EXTRA_TARGET_NAMES:-} keyward-verify keyward-verify-rules keyward-verify-rules-redis keyward-gw keyward-gw-reject"
 
 kw_build() {
     log "keyward: cargo build --release -p keyward --bin keyward --example bench_seed (in $KW_REPO, target $CARGO_TARGET_DIR)"
@@ -103,6 +108,18 @@ start_extra_target() {
             port_free "$P_KW_VERIFY" || log "  WARNING: port $P_KW_VERIFY is busy before $1"
             launch keyward-verify-rules env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
                 "$KW_BIN" serve --listen "127.0.0.1:$P_KW_VERIFY" --data-dir "$KW_RULES_DIR" --workers "$SRV_N"
+            return 0 ;;
+        keyward-verify-rules-redis)
+            kw_rules_prepare || return 1
+            DESC="keyward serve --workers $SRV_N: verify as keyward-verify-rules, counters shared through Redis"
+            BASE=keyward-verify-rules; MODE=json; LPATH=/v1/keys/verify; PORT=$P_KW_VERIFY
+            KEYS_FILE="$KW_RULES_DIR/load_requests.txt"; WANT=200; EXPECT=2xx
+            BAD_KEY="$(head -1 "$KW_SEED_DIR/unknown_keys.txt")"; BAD_WANT=200
+            port_free "$P_KW_VERIFY" || log "  WARNING: port $P_KW_VERIFY is busy before $1"
+            launch keyward-verify-rules-redis env -u KEYWARD_DATABASE_URL -u KEYWARD_DATABASE_URL_FILE -u KEYWARD_PEPPER_FILE \
+                KEYWARD_REDIS_PREFIX="kwbench-$$-$RANDOM" \
+                "$KW_BIN" serve --listen "127.0.0.1:$P_KW_VERIFY" --data-dir "$KW_RULES_DIR" --workers "$SRV_N" \
+                --redis-url "$KW_REDIS_URL"
             return 0 ;;
         keyward-gw|keyward-gw-reject)
             kw_gw_prepare || return 1

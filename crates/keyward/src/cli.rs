@@ -11,7 +11,7 @@ directory, or --config FILE), KEYWARD_* environment variables, flags.
 Environment: KEYWARD_LISTEN, KEYWARD_DATA_DIR, KEYWARD_DATABASE_URL (or
 KEYWARD_DATABASE_URL_FILE), KEYWARD_PEPPER_FILE, KEYWARD_LOG_FORMAT, KEYWARD_WORKERS,
 KEYWARD_ACCESS_LOG_RETENTION, KEYWARD_ROLLUP_RETENTION, KEYWARD_RECORD_VERIFICATIONS,
-KEYWARD_NODE_NAME,
+KEYWARD_NODE_NAME, KEYWARD_REDIS_URL (or KEYWARD_REDIS_URL_FILE), KEYWARD_REDIS_PREFIX,
 KEYWARD_LOG (log filter, e.g. \"info,keyward_server=debug\").";
 
 const HTTP_HELP: &str = "\
@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// Also run the gateway described by this file (gateway.toml), on its own listener.
     #[arg(long, value_name = "FILE")]
     pub gateway: Option<PathBuf>,
+    /// `redis://…`: share rate-limit and quota counters with every node using it [default:
+    /// none, each node counts on its own].
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
 }
 
 const GATEWAY_HELP: &str = "\
@@ -152,6 +156,9 @@ pub struct GatewayArgs {
     /// Worker threads [default: available cores]; 1 runs everything on one thread.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// `redis://…`: share rate-limit and quota counters with every node using it.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
 }
 
 impl GatewayArgs {
@@ -165,6 +172,7 @@ impl GatewayArgs {
             },
             log_format: self.log_format,
             workers: self.workers,
+            redis_url: self.redis_url.clone(),
             ..ServeArgs::default()
         }
     }

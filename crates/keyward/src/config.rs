@@ -41,6 +41,12 @@ struct FileConfig {
     access_log_queue: Option<usize>,
     /// This node's name in access-log events [default: the host name].
     node_name: Option<String>,
+    /// Redis for rate-limit and quota counters shared by every node.
+    redis_url: Option<String>,
+    /// A file holding the Redis URL (it may carry a password).
+    redis_url_file: Option<PathBuf>,
+    /// What every Redis key of this deployment starts with [default: "keyward"].
+    redis_prefix: Option<String>,
 }
 
 /// Where the database URL came from, so it is only derived from the data dir when unset.
@@ -65,7 +71,28 @@ pub struct Config {
     pub body_limit: usize,
     /// The access log, usage counts and their retention.
     pub records: RecordSettings,
+    /// Redis for shared rate-limit and quota counters; `None` counts per node.
+    pub redis: Option<RedisSettings>,
 }
+
+/// Where the shared counters are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Security: the URL may carry a password.
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+const DEFAULT_REDIS_PREFIX: &str = "keyward";
 
 impl Config {
     /// Resolves every layer. `env` looks up an environment variable (injected for tests).
@@ -95,6 +122,8 @@ impl Config {
             node: host_name(),
             ..RecordSettings::default()
         };
+        let mut redis_url: Option<String> = None;
+        let mut redis_prefix = DEFAULT_REDIS_PREFIX.to_owned();
 
         // Layer 2: the file.
         if file.database_url.is_some() && file.database_url_file.is_some() {
@@ -147,6 +176,18 @@ impl Config {
         }
         if let Some(v) = file.node_name {
             records.node = v;
+        }
+        if file.redis_url.is_some() && file.redis_url_file.is_some() {
+            bail!("config: set redis_url or redis_url_file, not both");
+        }
+        if let Some(v) = file.redis_url {
+            redis_url = Some(v);
+        }
+        if let Some(path) = file.redis_url_file {
+            redis_url = Some(read_secret(&path, "redis_url_file")?);
+        }
+        if let Some(v) = file.redis_prefix {
+            redis_prefix = v;
         }
 
         // Layer 3: the environment.
@@ -208,6 +249,19 @@ impl Config {
         if let Some(v) = env("KEYWARD_NODE_NAME") {
             records.node = v.trim().to_owned();
         }
+        match (env("KEYWARD_REDIS_URL"), env("KEYWARD_REDIS_URL_FILE")) {
+            (Some(_), Some(_)) => {
+                bail!("set KEYWARD_REDIS_URL or KEYWARD_REDIS_URL_FILE, not both")
+            }
+            (Some(v), None) => redis_url = Some(v.trim().to_owned()),
+            (None, Some(path)) => {
+                redis_url = Some(read_secret(Path::new(&path), "KEYWARD_REDIS_URL_FILE")?);
+            }
+            (None, None) => {}
+        }
+        if let Some(v) = env("KEYWARD_REDIS_PREFIX") {
+            redis_prefix = v.trim().to_owned();
+        }
 
         // Layer 4: flags.
         if let Some(v) = args.listen {
@@ -231,6 +285,16 @@ impl Config {
         if let Some(v) = &args.rollup_retention {
             records.rollup_retention = retention("--rollup-retention", v)?;
         }
+        if let Some(v) = &args.redis_url {
+            redis_url = Some(v.clone());
+        }
+        let redis = match redis_url {
+            Some(url) => Some(RedisSettings {
+                url: redis_url_checked(url)?,
+                prefix: redis_prefix_checked(redis_prefix)?,
+            }),
+            None => None,
+        };
 
         Ok(Self {
             listen,
@@ -242,6 +306,7 @@ impl Config {
             workers,
             body_limit,
             records,
+            redis,
         })
     }
 
@@ -286,6 +351,30 @@ fn retention(what: &str, value: &str) -> anyhow::Result<std::time::Duration> {
 }
 
 /// This machine's host name, the default node name in access-log events.
+/// A Redis URL keyward can use: `redis://` or `redis+unix://` (checked again, fully, when
+/// connecting; this catches the common mistakes before anything starts).
+fn redis_url_checked(url: String) -> anyhow::Result<String> {
+    let url = url.trim().to_owned();
+    if url.starts_with("rediss://") {
+        bail!("redis url: TLS (rediss://) is not supported yet; use redis:// over a private network or a TLS tunnel");
+    }
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+        bail!(
+            "redis url: {:?} is not a redis:// or redis+unix:// URL",
+            redact_url(&url)
+        );
+    }
+    Ok(url)
+}
+
+/// A key prefix: non-empty, printable, no spaces (it names keys in `redis-cli`).
+fn redis_prefix_checked(prefix: String) -> anyhow::Result<String> {
+    if prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(|c| c.is_ascii_graphic()) {
+        bail!("redis prefix: {prefix:?} must be 1–64 printable ASCII characters without spaces");
+    }
+    Ok(prefix)
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -415,6 +504,54 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(c.workers, 1);
         assert_eq!(c.log_format, LogFormat::Json, "untouched layers stay");
+    }
+
+    #[test]
+    fn redis_comes_from_every_layer_and_is_checked() {
+        let c = load(&ServeArgs::default(), &[]).expect("defaults");
+        assert_eq!(c.redis, None, "no Redis unless asked for");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("redis-url");
+        std::fs::write(&secret, "redis://:s3cret@cache:6379/2\n").expect("write");
+        let (_file, mut args) = with_file(&format!(
+            "redis_url_file = {:?}\nredis_prefix = \"prod\"\n",
+            secret.display()
+        ));
+        let c = load(&args, &[]).expect("file");
+        let redis = c.redis.clone().expect("redis from the file");
+        assert_eq!(redis.url, "redis://:s3cret@cache:6379/2");
+        assert_eq!(redis.prefix, "prod");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+
+        let c = load(&args, &[("KEYWARD_REDIS_URL", "redis://env:6379")]).expect("env");
+        assert_eq!(c.redis.expect("env").url, "redis://env:6379");
+        args.redis_url = Some("redis+unix:///run/redis.sock".into());
+        let c = load(&args, &[("KEYWARD_REDIS_PREFIX", "blue")]).expect("flag");
+        let redis = c.redis.expect("flag");
+        assert_eq!(redis.url, "redis+unix:///run/redis.sock");
+        assert_eq!(redis.prefix, "blue");
+
+        for (url, says) in [
+            ("rediss://cache", "TLS (rediss://) is not supported"),
+            ("cache:6379", "is not a redis:// or redis+unix:// URL"),
+        ] {
+            let err = load(&ServeArgs::default(), &[("KEYWARD_REDIS_URL", url)])
+                .expect_err(url)
+                .to_string();
+            assert!(err.contains(says), "{url}: {err}");
+        }
+        let err = load(
+            &ServeArgs::default(),
+            &[
+                ("KEYWARD_REDIS_URL", "redis://c"),
+                ("KEYWARD_REDIS_PREFIX", "a b"),
+            ],
+        )
+        .expect_err("a prefix with a space")
+        .to_string();
+        assert!(err.contains("redis prefix"), "{err}");
     }
 
     #[test]

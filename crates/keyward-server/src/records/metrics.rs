@@ -136,6 +136,20 @@ impl Metrics {
         );
         let trusted = service.caches_trusted_at(service.clock().now_ms());
         let _ = writeln!(out, "keyward_key_cache_trusted {}", u8::from(trusted));
+        if let Some(shared) = service.shared_counters() {
+            family(
+                &mut out,
+                "keyward_shared_counters_up",
+                "gauge",
+                "1 while rate limits and quotas are counted in Redis with every node; 0 while \
+                 Redis is unreachable and this node counts on its own.",
+            );
+            let _ = writeln!(
+                out,
+                "keyward_shared_counters_up {}",
+                u8::from(shared.is_up())
+            );
+        }
 
         let gauges: [(&str, &str, u64); 4] = [
             (

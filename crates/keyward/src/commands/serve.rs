@@ -7,6 +7,7 @@ use keyward_core::service::Service;
 use keyward_core::SystemClock;
 use keyward_server::gateway::{Gateway, GatewayConfig};
 use keyward_server::{Application, Settings};
+use keyward_store::shared_counters::RedisCounters;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,11 +51,14 @@ pub async fn open_service(config: &Config) -> anyhow::Result<Arc<Service>> {
         "store ready"
     );
 
-    Ok(Arc::new(Service::new(
-        store,
-        Arc::new(SystemClock),
-        peppers,
-    )))
+    let service = Arc::new(Service::new(store, Arc::new(SystemClock), peppers));
+    if let Some(redis) = &config.redis {
+        let counters = RedisCounters::connect(&redis.url, &redis.prefix)
+            .await
+            .with_context(|| format!("redis url {}", redact_url(&redis.url)))?;
+        service.set_shared_counters(Arc::new(counters));
+    }
+    Ok(service)
 }
 
 async fn serve(config: Config, gateway: Option<GatewayConfig>) -> anyhow::Result<ExitCode> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 pub mod http;
+pub mod redis;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct TestApp {
     pub database_url: Option<String>,
     /// The `KEYWARD_LOG` filter the server runs with.
     pub log_filter: String,
+    /// Further environment every node of this app runs with (e.g. `KEYWARD_REDIS_URL`).
+    pub env: Vec<(String, String)>,
     /// Kept last so the directory outlives the process using it.
     _tmp: tempfile::TempDir,
     _db: Option<PgDatabase>,
@@ -105,6 +108,7 @@ impl TestApp {
             &self.data_dir,
             self.database_url.as_deref(),
             &self.log_filter,
+            &self.env,
             Arc::clone(&self.logs),
         );
         self.child = child;
@@ -144,6 +148,7 @@ impl TestApp {
             &self.data_dir,
             self.database_url.as_deref(),
             &self.log_filter,
+            &self.env,
             Arc::clone(&logs),
         );
         Node { addr, child, logs }
@@ -247,11 +252,35 @@ fn fresh_pg_database() -> Option<PgDatabase> {
     }
 }
 
+/// Like [`spawn_app`] (or [`spawn_app_pg`] with `postgres`), every node of it running with
+/// `env` as well. `None` as [`spawn_app_pg`] is.
+pub fn spawn_app_env(postgres: bool, env: &[(&str, &str)]) -> Option<TestApp> {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    if !postgres {
+        return Some(spawn_full(None, None, "info", env));
+    }
+    let db = fresh_pg_database()?;
+    let url = db.url.clone();
+    Some(spawn_full(Some(url), Some(db), "info", env))
+}
+
 fn spawn_with(database_url: Option<String>, db: Option<PgDatabase>) -> TestApp {
     spawn_with_log(database_url, db, "info")
 }
 
 fn spawn_with_log(database_url: Option<String>, db: Option<PgDatabase>, log: &str) -> TestApp {
+    spawn_full(database_url, db, log, Vec::new())
+}
+
+fn spawn_full(
+    database_url: Option<String>,
+    db: Option<PgDatabase>,
+    log: &str,
+    env: Vec<(String, String)>,
+) -> TestApp {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data_dir = tmp.path().join("data");
     let logs = Arc::new(Mutex::new(String::new()));
@@ -260,6 +289,7 @@ fn spawn_with_log(database_url: Option<String>, db: Option<PgDatabase>, log: &st
         &data_dir,
         database_url.as_deref(),
         log,
+        &env,
         Arc::clone(&logs),
     );
 
@@ -290,6 +320,7 @@ fn spawn_with_log(database_url: Option<String>, db: Option<PgDatabase>, log: &st
         logs,
         database_url,
         log_filter: log.to_owned(),
+        env,
         _tmp: tmp,
         _db: db,
     }
@@ -302,12 +333,14 @@ fn start_server(
     data_dir: &Path,
     database_url: Option<&str>,
     log: &str,
+    env: &[(String, String)],
     logs: Arc<Mutex<String>>,
 ) -> (Child, SocketAddr) {
     let mut cmd = keyward(cwd);
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir);
+        .arg(data_dir)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }

@@ -1,0 +1,147 @@
+//! Redis for black-box tests: a fresh key prefix on the shared server (keys deleted on drop),
+//! or a private `redis-server` process a test may pause and resume.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Redis every machine running these tests has.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A key prefix of its own on the Redis at [`REDIS_URL`]; its keys are deleted on drop.
+pub struct RedisPrefix {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    /// `None` (after a skip notice) when Redis is unreachable; panics instead under `CI=true`.
+    pub fn fresh() -> Option<Self> {
+        match ping(REDIS_URL) {
+            Ok(()) => Some(Self {
+                url: REDIS_URL.to_owned(),
+                prefix: format!("kwtest-{:016x}", rand::random::<u64>()),
+            }),
+            Err(e) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("Redis at {REDIS_URL} is required in CI but unreachable: {e}");
+                }
+                eprintln!("skipping: Redis at {REDIS_URL} is unreachable: {e}");
+                None
+            }
+        }
+    }
+
+    /// The environment that points a node at this prefix.
+    pub fn env(&self) -> [(&str, &str); 2] {
+        [
+            ("KEYWARD_REDIS_URL", self.url.as_str()),
+            ("KEYWARD_REDIS_PREFIX", self.prefix.as_str()),
+        ]
+    }
+
+    /// The names of every key under this prefix.
+    pub fn keys(&self) -> Vec<String> {
+        let mut conn = connect(&self.url).expect("connect to Redis");
+        redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .expect("KEYS")
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let keys = std::panic::catch_unwind(|| self.keys()).unwrap_or_default();
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut conn) = connect(&self.url) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
+}
+
+fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
+    redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))
+}
+
+fn ping(url: &str) -> Result<(), String> {
+    let mut conn = connect(url).map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query::<String>(&mut conn)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A `redis-server` of this test's own on a free port, killed on drop. Pausing it
+/// (`SIGSTOP`) is an outage that keeps its data, as a network partition does.
+pub struct OwnRedis {
+    pub url: String,
+    child: Child,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = ping(&url) {
+            assert!(Instant::now() < deadline, "redis-server did not start: {e}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { url, child }
+    }
+
+    /// Sends `signal` (`STOP` or `CONT`) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} redis-server failed");
+    }
+
+    /// Runs one command on it and returns the reply as a string.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let mut conn = connect(&self.url).expect("connect to own redis");
+        redis::cmd("GET").arg(key).query(&mut conn).expect("GET")
+    }
+
+    pub fn hget(&self, key: &str, field: &str) -> Option<String> {
+        let mut conn = connect(&self.url).expect("connect to own redis");
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query(&mut conn)
+            .expect("HGET")
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.signal_quietly("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OwnRedis {
+    fn signal_quietly(&self, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+    }
+}
