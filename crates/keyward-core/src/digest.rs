@@ -342,6 +342,14 @@ fn sha256_digest(key: &str) -> KeyDigest {
     }
 }
 
+/// A key's SHA-256 in lower-case hex: a name for a key that is safe to print (nothing of the
+/// key can be learnt from it), which `keyward scan` reports and GitHub's secret scanning uses.
+pub fn fingerprint(key: &str) -> String {
+    let mut out = String::with_capacity(64);
+    push_hex(&mut out, &sha256_digest(key).bytes);
+    out
+}
+
 /// Constant-time equality of two digests.
 pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()

@@ -174,6 +174,48 @@ fn all_alphanumeric(bytes: &[u8]) -> bool {
     })
 }
 
+/// Where well-formed keys (any prefix, checksum valid) sit in `haystack`, for finding leaked
+/// keys in files: a `_` followed by 49 letters and digits and then no further letter or
+/// digit, after the longest prefix (of the 16 bytes before it) whose checksum holds (a
+/// chance match is one in 62⁶ ≈ 5.7·10¹⁰). So `API_KEY=orders_…`, `"orders_…"` and
+/// `MY_orders_…` all find `orders_…`. Bytes need not be UTF-8.
+pub fn find(haystack: &[u8]) -> Vec<std::ops::Range<usize>> {
+    const TAIL: usize = SECRET_LEN + CHECKSUM_LEN;
+    let is_alnum = |b: u8| b.is_ascii_alphanumeric();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i] != b'_' || i == 0 {
+            i += 1;
+            continue;
+        }
+        let Some(tail) = haystack.get(i + 1..i + 1 + TAIL) else {
+            break;
+        };
+        let ends_here = haystack.get(i + 1 + TAIL).is_none_or(|&b| !is_alnum(b));
+        if !all_alphanumeric(tail) || !ends_here {
+            i += 1;
+            continue;
+        }
+        let end = i + 1 + TAIL;
+        let earliest = i.saturating_sub(MAX_PREFIX_LEN);
+        // Longest first. No word boundary is required before the prefix: a key glued to
+        // what precedes it (`%22orders_…` URL-encoded, `\norders_…` escaped) is still a leak.
+        let key = (earliest..i).find_map(|start| {
+            let text = std::str::from_utf8(haystack.get(start..end)?).ok()?;
+            parse(text).ok().map(|_| start..end)
+        });
+        match key {
+            Some(range) => {
+                i = range.end;
+                found.push(range);
+            }
+            None => i += 1,
+        }
+    }
+    found
+}
+
 /// The displayable start of a key: `{prefix}_{first 6 characters of the secret}`.
 pub fn start(parsed: &ParsedKey<'_>) -> String {
     let head = parsed.secret.get(..6).unwrap_or(parsed.secret);
@@ -254,6 +296,27 @@ mod tests {
         s.extend(secret.iter().map(|&b| char::from(b)));
         s.extend(sum.iter().map(|&b| char::from(b)));
         s
+    }
+
+    #[test]
+    fn find_reports_keys_where_they_are_and_nothing_else() {
+        let key = generate("orders");
+        let k = key.expose();
+        let text = format!(
+            "API_KEY={k}\nMY_{k} \"{k}\",%22{k}%22\n{k}x {k}_v2 {bad}",
+            bad = k.replace(&k[10..11], if &k[10..11] == "A" { "B" } else { "A" })
+        );
+        let found: Vec<&str> = find(text.as_bytes())
+            .into_iter()
+            .map(|r| &text[r])
+            .collect();
+        // Not `{k}x` (it runs on into another word) and not the one with a changed character.
+        assert_eq!(found, [k, k, k, k, k]);
+        assert!(find(b"").is_empty());
+        assert!(find(b"_").is_empty());
+        assert!(find(&[b'_'; 200]).is_empty());
+        let near = format!("x_{}", "a".repeat(SECRET_LEN + CHECKSUM_LEN));
+        assert!(find(near.as_bytes()).is_empty());
     }
 
     #[test]

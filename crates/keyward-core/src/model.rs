@@ -87,6 +87,33 @@ pub struct ApiPolicies {
     /// A duration string such as `"90d"`: keys unused that long are disabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_unused_after: Option<String>,
+    /// What a leak report (`POST /v1/leaks`) does to a key of this api.
+    #[serde(default)]
+    pub leak_response: LeakResponse,
+}
+
+/// What happens to a key reported leaked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakResponse {
+    /// Disabled, with the report as its `state_reason`: it stops working at once, and an
+    /// operator who finds the report false can enable it again.
+    #[default]
+    Disable,
+    /// Revoked: final.
+    Revoke,
+    /// Left working; the report is only written to the audit log.
+    None,
+}
+
+impl LeakResponse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Revoke => "revoke",
+            Self::None => "none",
+        }
+    }
 }
 
 /// Something being protected.

@@ -8,9 +8,9 @@ use crate::error::{Error, Kind, StoreError};
 use crate::limits::shared::SharedCounters;
 use crate::model::{
     Api, CreateApiRequest, CreateKeyRequest, CreateProjectRequest, CreateRootKeyRequest, Key,
-    KeyFilter, KeyState, Listing, Meta, Page, Project, RateLimit, RootKey, RotateKeyRequest,
-    UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit, VerifyInput,
-    VerifyRequest,
+    KeyFilter, KeyState, LeakResponse, Listing, Meta, Page, Project, RateLimit, RootKey,
+    RotateKeyRequest, UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest, UsageLimit,
+    VerifyInput, VerifyRequest,
 };
 use crate::records::{
     AccessEvent, AuditEntry, AuditFilter, AuditRecord, Recorder, RequestAttrs, UsageQuery,
@@ -1188,6 +1188,121 @@ impl Service {
         })
     }
 
+    // --- leaks ----------------------------------------------------------------------------
+
+    /// `POST /v1/leaks`, which anyone may call: each reported key that exists is shut off
+    /// as its api's `policies.leak_response` says — disabled (the default) or revoked, with
+    /// the report as its `state_reason`, or left alone — and a root key is revoked. Every
+    /// report of a live key goes to its workspace's audit log as `key.leaked` or
+    /// `root_key.leaked`, by actor `leak-report`, with the source, the reporter's ip and the
+    /// request id. Malformed, unknown and already revoked keys are skipped.
+    ///
+    /// Returns how many keys were acted on. Security: the caller must not tell the reporter
+    /// (that would make this an oracle for which stolen keys are live).
+    pub async fn report_leaks(
+        &self,
+        keys: &[KeyMaterial],
+        source: Option<&str>,
+        reporter: &Actor,
+    ) -> Result<usize, Error> {
+        // Security: a source (a URL, a file name) may quote the key it reports; only its
+        // displayable start is kept.
+        let source = source.map(redact_keys);
+        let source = source.as_deref();
+        let mut acted = 0;
+        for key in keys {
+            let token = key.expose();
+            let Ok(parsed) = keyfmt::parse(token) else {
+                continue;
+            };
+            let done = if parsed.prefix == keyfmt::ROOT_PREFIX {
+                self.root_key_leaked(token, source, reporter).await?
+            } else {
+                self.key_leaked(token, source, reporter).await?
+            };
+            acted += usize::from(done);
+        }
+        Ok(acted)
+    }
+
+    async fn key_leaked(
+        &self,
+        token: &str,
+        source: Option<&str>,
+        reporter: &Actor,
+    ) -> Result<bool, Error> {
+        let Some(cached) = self.lookup(token, self.clock.now_ms()).await? else {
+            return Ok(false);
+        };
+        let mut key = cached.record.key.clone();
+        if key.state == KeyState::Revoked {
+            return Ok(false);
+        }
+        let response = cached.record.api.policies.leak_response;
+        let now = self.now();
+        let before = key.clone();
+        let reason = leak_reason(source, now);
+        match response {
+            LeakResponse::Disable if key.state == KeyState::Active => {
+                key.state = KeyState::Disabled;
+                key.state_reason = Some(reason.clone());
+            }
+            LeakResponse::Revoke => {
+                key.state = KeyState::Revoked;
+                key.revoked_at = Some(now);
+                key.state_reason = Some(reason.clone());
+            }
+            LeakResponse::Disable | LeakResponse::None => {}
+        }
+        if key != before {
+            key.updated_at = now;
+            let updated = self.store.update_key(&key).await?;
+            self.cache.invalidate_key(&key.digest.bytes);
+            if !updated {
+                // Revoked meanwhile: nothing left to shut off.
+                return Ok(false);
+            }
+        }
+        let actor = leak_actor(&key.workspace_id, reporter);
+        let mut changes = changed(&before, &key);
+        if let Some(map) = changes.as_object_mut() {
+            map.insert("leak_response".into(), response.as_str().into());
+            map.insert("source".into(), source.into());
+            map.insert("reason".into(), reason.into());
+        }
+        self.audit(&actor, "key.leaked", &key.id, changes).await?;
+        Ok(true)
+    }
+
+    async fn root_key_leaked(
+        &self,
+        token: &str,
+        source: Option<&str>,
+        reporter: &Actor,
+    ) -> Result<bool, Error> {
+        let Some(root) = self.authenticate(token).await? else {
+            return Ok(false);
+        };
+        let now = self.now();
+        let Some(revoked) = self
+            .store
+            .revoke_root_key(&root.workspace_id, &root.id, now)
+            .await?
+        else {
+            return Ok(false);
+        };
+        self.forget(&ChangeTarget::RootKey(revoked.id.clone()));
+        let changes = serde_json::json!({
+            "revoked_at": rfc3339(revoked.revoked_at),
+            "source": source,
+            "reason": leak_reason(source, now),
+        });
+        let actor = leak_actor(&root.workspace_id, reporter);
+        self.audit(&actor, "root_key.leaked", &revoked.id, changes)
+            .await?;
+        Ok(true)
+    }
+
     /// The cached key for this plaintext, loading it from the store on a miss, or always
     /// while the caches are not trusted at `now_ms` (then nothing is cached either).
     async fn lookup(&self, token: &str, now_ms: i64) -> Result<Option<Arc<CachedKey>>, Error> {
@@ -1380,6 +1495,47 @@ impl Service {
         };
         self.store.append_audit(&record).await?;
         Ok(())
+    }
+}
+
+/// Who acts on a leak report, in the leaked key's workspace: no permissions of its own.
+fn leak_actor(workspace_id: &str, reporter: &Actor) -> Actor {
+    Actor {
+        workspace_id: workspace_id.into(),
+        id: "leak-report".to_owned(),
+        permissions: Vec::new(),
+        request_id: reporter.request_id.clone(),
+        ip: reporter.ip.clone(),
+    }
+}
+
+/// `text` with every key in it cut to its displayable start (`orders_3kT9ab…`).
+pub fn redact_keys(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for range in keyfmt::find(text.as_bytes()) {
+        let (Some(before), Some(key)) = (text.get(last..range.start), text.get(range.clone()))
+        else {
+            continue;
+        };
+        out.push_str(before);
+        if let Ok(parsed) = keyfmt::parse(key) {
+            out.push_str(&keyfmt::start(&parsed));
+            out.push('…');
+        }
+        last = range.end;
+    }
+    out.push_str(text.get(last..).unwrap_or_default());
+    out
+}
+
+/// A leaked key's `state_reason`.
+fn leak_reason(source: Option<&str>, now: OffsetDateTime) -> String {
+    let at = rfc3339(Some(now));
+    let at = at.as_str().unwrap_or_default();
+    match source {
+        Some(source) => format!("leaked: reported at {at}, found at {source}"),
+        None => format!("leaked: reported at {at}"),
     }
 }
 

@@ -38,7 +38,50 @@ fn decode_base62(digits: &[u8]) -> Option<[u8; 32]> {
     Some(n)
 }
 
+/// Text a key may sit in: anything, including `_`, letters and bytes that are not UTF-8.
+fn filler() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            Just(b' '),
+            Just(b'_'),
+            Just(b'"'),
+            Just(b'\n'),
+            Just(0xff_u8),
+            Just(b'='),
+            b'a'..=b'z',
+            b'A'..=b'Z',
+        ],
+        0..80,
+    )
+}
+
 proptest! {
+    #[test]
+    fn find_locates_every_key_in_any_surrounding_text(
+        parts in prop::collection::vec((filler(), prefix()), 0..5),
+        tail in filler(),
+    ) {
+        let mut haystack = Vec::new();
+        let mut keys = Vec::new();
+        for (before, prefix) in &parts {
+            haystack.extend_from_slice(before);
+            let key = keyfmt::generate(prefix);
+            keys.push((haystack.len(), key.expose().to_owned()));
+            haystack.extend_from_slice(key.expose().as_bytes());
+            // A key runs on into nothing alphanumeric (that would make it another word).
+            haystack.push(b' ');
+        }
+        haystack.extend_from_slice(&tail);
+        let found: Vec<String> = keyfmt::find(&haystack)
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(&haystack[r]).into_owned())
+            .collect();
+        // Each key is found whole: its own prefix, or a longer one made of the filler
+        // before it that happens to pass the checksum (never, in practice).
+        let wanted: Vec<String> = keys.iter().map(|(_, k)| k.clone()).collect();
+        prop_assert_eq!(found, wanted);
+    }
+
     #[test]
     fn generated_keys_parse_back_for_any_valid_prefix(prefix in prefix()) {
         prop_assert_eq!(keyfmt::validate_prefix(&prefix), Ok(()));
