@@ -171,9 +171,46 @@ impl Client {
         Ok(Self { http, base, auth })
     }
 
+    /// A client without a root key, for the routes anyone may call (`report_leaks`,
+    /// `healthz`); the others answer `401`.
+    pub fn anonymous(base_url: &str) -> Result<Self, Error> {
+        Self::new(base_url, Secret::new(String::new()))
+    }
+
     /// The server this client talks to.
     pub fn base_url(&self) -> &str {
         self.base.as_str()
+    }
+
+    /// `POST /v1/leaks` (no root key needed): reports `keys` found at `source` (a URL, a
+    /// file); each live one is shut off as its api's leak policy says. The server answers
+    /// the same whatever the keys were: the number it received.
+    pub async fn report_leaks(
+        &self,
+        keys: &[Secret],
+        source: Option<&str>,
+    ) -> Result<usize, Error> {
+        #[derive(Serialize)]
+        struct Report<'a> {
+            keys: Vec<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            source: Option<&'a str>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Received {
+            received: usize,
+        }
+        let report = Report {
+            keys: keys.iter().map(Secret::expose).collect(),
+            source,
+        };
+        let resp = self
+            .send(Method::POST, "v1/leaks", &[], Some(&report), false)
+            .await?;
+        let bytes = resp.bytes().await.map_err(Error::Transport)?;
+        let got: Received =
+            serde_json::from_slice(&bytes).map_err(|e| Error::Decode(e.to_string()))?;
+        Ok(got.received)
     }
 
     // --- operations -------------------------------------------------------------------

@@ -51,6 +51,8 @@ pub struct AppState {
     pub body_limit: usize,
     /// The access-log queue and the metrics.
     pub records: Arc<records::Records>,
+    /// How many leak reports each client ip has made lately.
+    pub leaks: Arc<routes::leaks::LeakThrottle>,
 }
 
 impl AppState {
@@ -60,6 +62,7 @@ impl AppState {
             service,
             body_limit: DEFAULT_BODY_LIMIT,
             records: records::Records::new(records::RecordSettings::default()),
+            leaks: Arc::default(),
         }
     }
 }
@@ -101,6 +104,7 @@ pub(crate) fn router_with_ids(state: AppState, request_ids: SequentialRequestId)
         .merge(routes::projects::router())
         .merge(routes::keys::router())
         .merge(routes::root_keys::router())
+        .merge(routes::leaks::router())
         .merge(routes::records::router())
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
@@ -287,6 +291,7 @@ impl Application {
             service: Arc::clone(&service),
             body_limit: settings.body_limit,
             records: Arc::clone(&records),
+            leaks: Arc::default(),
         };
         Ok(Self {
             listener,

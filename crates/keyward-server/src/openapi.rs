@@ -2,13 +2,14 @@
 
 use crate::error::ProblemResponse;
 use crate::extract::ListResponse;
+use crate::routes::leaks::{LeakReportRequest, LeakReportResponse};
 use crate::routes::records::{UsageBucket, UsageResponse};
 use crate::routes::{self, ops::StatusResponse, CreatedKeyResponse, CreatedRootKeyResponse};
 use keyward_core::model::{
     Api, ApiPolicies, CreateApiRequest, CreateKeyRequest, CreateProjectRequest,
-    CreateRootKeyRequest, Key, KeyState, Project, RateLimit, Refill, RefillInterval, Restrictions,
-    RootKey, RotateKeyRequest, UpdateApiRequest, UpdateKeyRequest, UpdateProjectRequest,
-    UsageLimit, VerifyRequest,
+    CreateRootKeyRequest, Key, KeyState, LeakResponse, Project, RateLimit, Refill, RefillInterval,
+    Restrictions, RootKey, RotateKeyRequest, UpdateApiRequest, UpdateKeyRequest,
+    UpdateProjectRequest, UsageLimit, VerifyRequest,
 };
 use keyward_core::records::{AuditEntry, VerificationEvent};
 use keyward_core::verify::{CheckResult, Code, RateLimitState, UsageState, VerifyResponseSchema};
@@ -39,6 +40,7 @@ use utoipa::{Modify, OpenApi};
         routes::root_keys::create_root_key,
         routes::root_keys::list_root_keys,
         routes::root_keys::revoke_root_key,
+        routes::leaks::report_leaks,
         routes::ops::get_health,
         routes::ops::get_readiness,
         routes::ops::get_openapi,
@@ -48,7 +50,8 @@ use utoipa::{Modify, OpenApi};
         routes::records::get_metrics,
     ),
     components(schemas(
-        Api, ApiPolicies, CreateApiRequest, UpdateApiRequest,
+        Api, ApiPolicies, LeakResponse, CreateApiRequest, UpdateApiRequest,
+        LeakReportRequest, LeakReportResponse,
         Project, CreateProjectRequest, UpdateProjectRequest,
         Key, KeyState, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKeyResponse,
         RateLimit, UsageLimit, Refill, RefillInterval, Restrictions,
@@ -65,6 +68,7 @@ use utoipa::{Modify, OpenApi};
         (name = "projects", description = "Who calls"),
         (name = "keys", description = "Credentials, and the verify hot path"),
         (name = "root-keys", description = "Credentials for this admin API"),
+        (name = "leaks", description = "Reporting keys found where they should not be"),
         (name = "records", description = "The access log, usage counts and the audit log"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     ),

@@ -2,6 +2,7 @@
 
 pub mod apis;
 pub mod keys;
+pub mod leaks;
 pub mod ops;
 pub mod projects;
 pub mod records;
