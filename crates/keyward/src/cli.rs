@@ -75,6 +75,42 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Find keyward keys (any prefix, valid checksum) in files or in a git history.
+    #[command(after_help = SCAN_HELP)]
+    Scan(ScanArgs),
+}
+
+const SCAN_HELP: &str = "\
+Prints where each key is (path:line:column), its start and its SHA-256 — never the key.
+Exit status: 0 when no key was found, 1 when one was, 2 on an error.
+--report sends the keys found to the server's POST /v1/leaks (no root key needed), which
+disables or revokes each live one as its api's policies.leak_response says.";
+
+#[derive(Debug, Clone, Args)]
+pub struct ScanArgs {
+    /// Files or directories to scan (`.git` directories are skipped) [default: .]; with
+    /// --git, repositories.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Scan every line ever committed, on every branch and tag, instead of the files.
+    #[arg(long)]
+    pub git: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ScanFormat::Text)]
+    pub format: ScanFormat,
+    /// Report the keys found to the server at --url, which shuts them off.
+    #[arg(long)]
+    pub report: bool,
+    /// The server --report sends to.
+    #[arg(long, env = "KEYWARD_URL", default_value = "http://127.0.0.1:7400")]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScanFormat {
+    Text,
+    Json,
+    Sarif,
 }
 
 /// Where the database and the pepper are: shared by every command that opens the store.

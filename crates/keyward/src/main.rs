@@ -1,5 +1,5 @@
 //! The keyward binary: parses the command line, resolves configuration, and wires the
-//! library crates together. Exit codes: 0 success, 1 a negative verdict (`keys verify`),
+//! library crates together. Exit codes: 0 success, 1 a negative verdict (`keys verify`) or a key found (`scan`),
 //! 2 a usage, configuration, HTTP or runtime error.
 
 mod cli;
@@ -71,6 +71,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { http, command } => {
             quiet_logging();
             block_on(commands::keys::run(http, command))
+        }
+        Command::Scan(args) => {
+            quiet_logging();
+            commands::scan::run(args)
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod migrate;
 pub mod output;
 pub mod projects;
 pub mod root_keys;
+pub mod scan;
 pub mod serve;
 
 use crate::cli::HttpArgs;
