@@ -49,20 +49,9 @@ async fn new_key(http: &Http, api_id: &str, body: Value) -> (String, String) {
     )
 }
 
-/// Runs `n` verifies of `body` at once; returns how many answered each code.
+/// Runs `n` verifies of `body` at once; returns how many were `VALID`, and every code.
 async fn concurrent_codes(http: &Http, body: Value, n: usize) -> (usize, Vec<String>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let http = http.clone();
-        let body = body.clone();
-        tasks.spawn(async move { code_of(&http.verify(&body).await) });
-    }
-    let mut codes = Vec::new();
-    while let Some(code) = tasks.join_next().await {
-        codes.push(code.expect("verify task"));
-    }
-    let valid = codes.iter().filter(|c| *c == "VALID").count();
-    (valid, codes)
+    support::http::concurrent_codes(&[http], &body, n).await
 }
 
 fn remaining(verdict: &Value) -> u64 {

@@ -11,24 +11,7 @@ use support::http::{code_of, str_of, Http};
 use support::redis::{OwnRedis, RedisPrefix};
 use support::{keyward, spawn_app_env, stderr_text, TestApp};
 
-/// Runs `n` verifies of `body` at once on each of `nodes`; returns how many were `VALID` and
-/// every code.
-async fn concurrent_on(nodes: &[&Http], body: &Value, n: usize) -> (usize, Vec<String>) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        for http in nodes {
-            let http = (*http).clone();
-            let body = body.clone();
-            tasks.spawn(async move { code_of(&http.verify(&body).await) });
-        }
-    }
-    let mut codes = Vec::new();
-    while let Some(code) = tasks.join_next().await {
-        codes.push(code.expect("verify task"));
-    }
-    let valid = codes.iter().filter(|c| *c == "VALID").count();
-    (valid, codes)
-}
+use support::http::concurrent_codes as concurrent_on;
 
 fn remaining(verdict: &Value) -> u64 {
     verdict["usage"]["remaining"]

@@ -210,6 +210,25 @@ pub fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no string {field:?} in {v}"))
 }
 
+/// Runs `n` verifies of `body` at once on each of `nodes`; returns how many were `VALID`,
+/// and every code.
+pub async fn concurrent_codes(nodes: &[&Http], body: &Value, n: usize) -> (usize, Vec<String>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        for http in nodes {
+            let http = (*http).clone();
+            let body = body.clone();
+            tasks.spawn(async move { code_of(&http.verify(&body).await) });
+        }
+    }
+    let mut codes = Vec::new();
+    while let Some(code) = tasks.join_next().await {
+        codes.push(code.expect("verify task"));
+    }
+    let valid = codes.iter().filter(|c| *c == "VALID").count();
+    (valid, codes)
+}
+
 /// The `code` of a verify verdict.
 #[track_caller]
 pub fn code_of(verdict: &Value) -> String {
