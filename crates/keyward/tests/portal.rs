@@ -394,3 +394,38 @@ async fn admin_create_user_prints_a_working_one_time_link() {
     assert_eq!((status, landed.as_str()), (StatusCode::OK, "/projects"));
     assert_eq!(b.get(path).await.0, StatusCode::NOT_FOUND, "works once");
 }
+
+#[tokio::test]
+async fn an_operator_chooses_on_the_api_page_what_a_leak_does_to_its_keys() {
+    let app = spawn_app();
+    let op = first_operator(&app).await;
+    let api_id = open_self_service_api(&op).await;
+    let page = format!("/apis/{api_id}");
+    let (status, _, body) = op.get(&page).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains(r#"<option value="disable" selected>"#),
+        "the default is shown: {body}"
+    );
+    let form = |leak: &'static str| {
+        [
+            ("name", "Orders"),
+            ("permissions", "orders.read"),
+            ("self_service", "on"),
+            ("leak_response", leak),
+        ]
+    };
+    let (status, _, body) = op.submit(&page, &page, &form("revoke")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(r#"<option value="revoke" selected>"#),
+        "{body}"
+    );
+    let http = support::http::Http::new(&app);
+    let api = http.get(&format!("/v1/apis/{api_id}")).await.expect(200);
+    assert_eq!(api["policies"]["leak_response"], "revoke");
+
+    let (status, _, body) = op.submit(&page, &page, &form("delete")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("must be disable, revoke or none"), "{body}");
+}

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Form;
 use keyward_core::model::{
     Api, ApiPolicies, CreateApiRequest, CreateKeyRequest, CreateProjectRequest,
-    CreateRootKeyRequest, Key, KeyFilter, KeyState, Page, Project, RateLimit, Restrictions,
-    RotateKeyRequest, UpdateApiRequest, UpdateKeyRequest, UsageLimit,
+    CreateRootKeyRequest, Key, KeyFilter, KeyState, LeakResponse, Page, Project, RateLimit,
+    Restrictions, RotateKeyRequest, UpdateApiRequest, UpdateKeyRequest, UsageLimit,
 };
 use keyward_core::records::{
     AuditFilter, AuditRecord, Granularity, UsageQuery, VerificationFilter,
@@ -1332,6 +1332,16 @@ pub async fn show_api(
                 label { "Permissions offered (comma-separated)" } input type="text" name="permissions" value=(api.permissions.join(", "));
                 label { "Max active keys per project (empty: no limit)" } input type="number" min="1" name="max_keys" value=(api.policies.max_active_keys_per_project.map(|n| n.to_string()).unwrap_or_default());
                 label.check { input type="checkbox" name="self_service" value="on" checked[api.policies.self_service]; "Open for self-service" }
+                label for="api-leak-response" { "When a key is reported leaked (POST /v1/leaks, keyward scan --report)" }
+                select id="api-leak-response" name="leak_response" {
+                    @for (value, text) in [
+                        (LeakResponse::Disable, "Disable it (reversible)"),
+                        (LeakResponse::Revoke, "Revoke it (final)"),
+                        (LeakResponse::None, "Only record the report"),
+                    ] {
+                        option value=(value.as_str()) selected[api.policies.leak_response == value] { (text) }
+                    }
+                }
                 button type="submit" { "Save" }
             }
         }
@@ -1367,9 +1377,22 @@ pub async fn update_api(
                 .map_err(|_| domain(&c, Error::invalid("max_keys", "must be a number")))?,
         )
     };
+    let leak_response = match field(&fields, "leak_response") {
+        "" => api.policies.leak_response,
+        "disable" => LeakResponse::Disable,
+        "revoke" => LeakResponse::Revoke,
+        "none" => LeakResponse::None,
+        _ => {
+            return Err(domain(
+                &c,
+                Error::invalid("leak_response", "must be disable, revoke or none"),
+            ))
+        }
+    };
     let policies = ApiPolicies {
         self_service: field(&fields, "self_service") == "on",
         max_active_keys_per_project: max,
+        leak_response,
         ..api.policies.clone()
     };
     st.service
