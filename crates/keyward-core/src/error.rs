@@ -34,6 +34,7 @@ pub enum Kind {
     Project,
     Key,
     RootKey,
+    Webhook,
 }
 
 impl Kind {
@@ -44,6 +45,7 @@ impl Kind {
             Kind::Project => "project",
             Kind::Key => "key",
             Kind::RootKey => "root_key",
+            Kind::Webhook => "webhook",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod service;
 pub mod store;
 pub mod users;
 pub mod verify;
+pub mod webhooks;
 
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use error::{Error, StoreError};

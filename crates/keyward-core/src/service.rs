@@ -21,6 +21,7 @@ use crate::store::Store;
 use crate::verify::{
     CachedKey, CheckResult, Code, DigestHashBuilder, KeyCache, MissCache, VerifyResponse,
 };
+use crate::webhooks::{self, CreateWebhookRequest, Delivery, Webhook, WebhookSecret};
 use crate::{duration, id, keyfmt, perm};
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -1188,6 +1189,93 @@ impl Service {
         })
     }
 
+    // --- webhooks -------------------------------------------------------------------------
+
+    /// Needs `webhooks.write`. The webhook receives the workspace's audit events from now on;
+    /// its signing secret is returned here, once.
+    pub async fn create_webhook(
+        &self,
+        actor: &Actor,
+        req: CreateWebhookRequest,
+    ) -> Result<(Webhook, WebhookSecret), Error> {
+        actor.require("webhooks.write", None)?;
+        check_webhook_url(&req.url)?;
+        if req.events.is_empty() || req.events.len() > webhooks::MAX_EVENTS {
+            return Err(Error::invalid(
+                "events",
+                format!("give 1 to {} event names", webhooks::MAX_EVENTS),
+            ));
+        }
+        let mut events = Vec::with_capacity(req.events.len());
+        for e in req.events {
+            webhooks::validate_event(&e).map_err(|m| Error::invalid("events", &m))?;
+            if !events.contains(&e) {
+                events.push(e);
+            }
+        }
+        let now = self.now();
+        let secret = WebhookSecret::generate();
+        let webhook = Webhook {
+            id: self.new_id("wh", now),
+            workspace_id: actor.workspace_id.to_string(),
+            url: req.url,
+            events,
+            created_at: now,
+            failures: 0,
+            next_attempt_at: None,
+            secret: secret.clone(),
+            delivered_seq: self.store.audit_seq(&actor.workspace_id).await?,
+        };
+        self.store.insert_webhook(&webhook).await?;
+        let changes = serde_json::json!({ "url": webhook.url, "events": webhook.events });
+        self.audit(actor, "webhook.create", &webhook.id, changes)
+            .await?;
+        Ok((webhook, secret))
+    }
+
+    /// Needs `webhooks.read`.
+    pub async fn list_webhooks(
+        &self,
+        actor: &Actor,
+        page: Page,
+    ) -> Result<Listing<Webhook>, Error> {
+        actor.require("webhooks.read", None)?;
+        Ok(self.store.list_webhooks(&actor.workspace_id, &page).await?)
+    }
+
+    /// Needs `webhooks.read`.
+    pub async fn get_webhook(&self, actor: &Actor, id: &str) -> Result<Webhook, Error> {
+        actor.require("webhooks.read", None)?;
+        self.store
+            .get_webhook(&actor.workspace_id, id)
+            .await?
+            .ok_or(Error::NotFound(Kind::Webhook))
+    }
+
+    /// Needs `webhooks.write`. Deliveries stop; their records go with it.
+    pub async fn delete_webhook(&self, actor: &Actor, id: &str) -> Result<(), Error> {
+        actor.require("webhooks.write", None)?;
+        if !self.store.delete_webhook(&actor.workspace_id, id).await? {
+            return Err(Error::NotFound(Kind::Webhook));
+        }
+        self.audit(actor, "webhook.delete", id, serde_json::json!({}))
+            .await
+    }
+
+    /// Needs `webhooks.read`: the attempts at delivering, newest first.
+    pub async fn list_deliveries(
+        &self,
+        actor: &Actor,
+        webhook_id: &str,
+        page: Page,
+    ) -> Result<Listing<Delivery>, Error> {
+        self.get_webhook(actor, webhook_id).await?;
+        Ok(self
+            .store
+            .list_deliveries(&actor.workspace_id, webhook_id, &page)
+            .await?)
+    }
+
     // --- leaks ----------------------------------------------------------------------------
 
     /// `POST /v1/leaks`, which anyone may call: each reported key that exists is shut off
@@ -1495,6 +1583,26 @@ impl Service {
         };
         self.store.append_audit(&record).await?;
         Ok(())
+    }
+}
+
+/// An absolute `http://` or `https://` URL with a host, of at most
+/// [`webhooks::MAX_URL_LEN`] bytes, with no whitespace or control characters.
+fn check_webhook_url(url: &str) -> Result<(), Error> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    let host = rest.map(|r| r.split(['/', '?', '#']).next().unwrap_or(""));
+    let ok = url.len() <= webhooks::MAX_URL_LEN
+        && host.is_some_and(|h| !h.is_empty() && !h.starts_with(':'))
+        && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "url",
+            "must be an http:// or https:// URL with a host",
+        ))
     }
 }
 

@@ -21,7 +21,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// links through [`UserStore`](crate::users::UserStore).
 #[async_trait]
 pub trait Store:
-    crate::records::RecordStore + crate::users::UserStore + Send + Sync + 'static
+    crate::records::RecordStore
+    + crate::users::UserStore
+    + crate::webhooks::WebhookStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Cheap round trip used by `/readyz`.
     async fn ping(&self) -> StoreResult<()>;

@@ -19,6 +19,7 @@ use keyward_core::{Store, StoreError};
 
 pub use crate::conformance_records::*;
 pub use crate::conformance_users::*;
+pub use crate::conformance_webhooks::*;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
@@ -61,6 +62,7 @@ macro_rules! conformance_tests {
             users_round_trip_and_emails_are_unique_per_workspace,
             sessions_are_found_by_digest_touched_and_deleted,
             a_setup_token_is_taken_once_and_never_after_it_expires,
+            webhooks_are_scoped_leased_once_and_resume_where_they_stopped,
         );
         #[tokio::test]
         async fn all_cases_pass_on_one_shared_store() {
@@ -105,7 +107,8 @@ pub async fn run_all(store: Arc<dyn Store>) {
     every_change_a_cached_verdict_depends_on_is_in_the_change_feed(store.clone()).await;
     users_round_trip_and_emails_are_unique_per_workspace(store.clone()).await;
     sessions_are_found_by_digest_touched_and_deleted(store.clone()).await;
-    a_setup_token_is_taken_once_and_never_after_it_expires(store).await;
+    a_setup_token_is_taken_once_and_never_after_it_expires(store.clone()).await;
+    webhooks_are_scoped_leased_once_and_resume_where_they_stopped(store).await;
 }
 
 // --- fixtures --------------------------------------------------------------------------

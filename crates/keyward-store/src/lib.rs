@@ -7,6 +7,7 @@
 pub mod conformance;
 mod conformance_records;
 mod conformance_users;
+mod conformance_webhooks;
 mod error;
 mod migrations;
 mod postgres;
@@ -16,6 +17,7 @@ pub mod shared_counters;
 mod sql;
 mod sqlite;
 mod users;
+mod webhooks;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -93,3 +93,4 @@ impl PgStore {
 sql::impl_store!(PgStore);
 crate::records::impl_record_store!(PgStore, anonymous_placeholders = false);
 crate::users::impl_user_store!(PgStore);
+crate::webhooks::impl_webhook_store!(PgStore);
