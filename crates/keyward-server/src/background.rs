@@ -1,10 +1,11 @@
 //! The work every keyward node does beside answering requests — the access-log pipeline, the
-//! quota / last-use flusher and the change-feed reader — started and drained the same way by
-//! `serve` and `gateway`.
+//! quota / last-use flusher, the change-feed reader and the webhook deliverer — started and
+//! drained the same way by `serve` and `gateway`.
 
 use crate::change_feed::ChangeFeed;
 use crate::records::{Records, RecordsTasks};
 use crate::usage::UsageTasks;
+use crate::webhook_delivery::WebhookTasks;
 use keyward_core::records::Recorder;
 use keyward_core::service::Service;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub struct Background {
     usage: UsageTasks,
     records: Option<RecordsTasks>,
     changes: ChangeFeed,
+    webhooks: WebhookTasks,
 }
 
 impl Background {
@@ -32,6 +34,7 @@ impl Background {
             usage: UsageTasks::spawn(Arc::clone(service)),
             records: records.start(Arc::clone(service)),
             changes: ChangeFeed::spawn(Arc::clone(service)),
+            webhooks: WebhookTasks::spawn(Arc::clone(service)),
         }
     }
 
@@ -39,6 +42,7 @@ impl Background {
     /// drains the access-log queue completely.
     pub async fn stop(self) {
         self.changes.stop().await;
+        self.webhooks.stop().await;
         self.usage.stop().await;
         if let Some(tasks) = self.records {
             tasks.stop().await;

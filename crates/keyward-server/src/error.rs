@@ -120,6 +120,7 @@ fn not_found_code(kind: Kind) -> &'static str {
         Kind::Project => "project_not_found",
         Kind::Key => "key_not_found",
         Kind::RootKey => "root_key_not_found",
+        Kind::Webhook => "webhook_not_found",
     }
 }
 

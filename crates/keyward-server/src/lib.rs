@@ -17,6 +17,7 @@ pub mod records;
 pub mod routes;
 mod serve;
 pub mod usage;
+pub mod webhook_delivery;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, Method, Request};
@@ -105,6 +106,7 @@ pub(crate) fn router_with_ids(state: AppState, request_ids: SequentialRequestId)
         .merge(routes::keys::router())
         .merge(routes::root_keys::router())
         .merge(routes::leaks::router())
+        .merge(routes::webhooks::router())
         .merge(routes::records::router())
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,

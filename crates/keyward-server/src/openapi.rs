@@ -4,6 +4,7 @@ use crate::error::ProblemResponse;
 use crate::extract::ListResponse;
 use crate::routes::leaks::{LeakReportRequest, LeakReportResponse};
 use crate::routes::records::{UsageBucket, UsageResponse};
+use crate::routes::webhooks::CreatedWebhookResponse;
 use crate::routes::{self, ops::StatusResponse, CreatedKeyResponse, CreatedRootKeyResponse};
 use keyward_core::model::{
     Api, ApiPolicies, CreateApiRequest, CreateKeyRequest, CreateProjectRequest,
@@ -13,6 +14,7 @@ use keyward_core::model::{
 };
 use keyward_core::records::{AuditEntry, VerificationEvent};
 use keyward_core::verify::{CheckResult, Code, RateLimitState, UsageState, VerifyResponseSchema};
+use keyward_core::webhooks::{CreateWebhookRequest, Delivery, Webhook};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -41,6 +43,11 @@ use utoipa::{Modify, OpenApi};
         routes::root_keys::list_root_keys,
         routes::root_keys::revoke_root_key,
         routes::leaks::report_leaks,
+        routes::webhooks::create_webhook,
+        routes::webhooks::list_webhooks,
+        routes::webhooks::get_webhook,
+        routes::webhooks::delete_webhook,
+        routes::webhooks::list_deliveries,
         routes::ops::get_health,
         routes::ops::get_readiness,
         routes::ops::get_openapi,
@@ -52,6 +59,8 @@ use utoipa::{Modify, OpenApi};
     components(schemas(
         Api, ApiPolicies, LeakResponse, CreateApiRequest, UpdateApiRequest,
         LeakReportRequest, LeakReportResponse,
+        Webhook, CreateWebhookRequest, CreatedWebhookResponse, Delivery,
+        ListResponse<Webhook>, ListResponse<Delivery>,
         Project, CreateProjectRequest, UpdateProjectRequest,
         Key, KeyState, CreateKeyRequest, UpdateKeyRequest, RotateKeyRequest, CreatedKeyResponse,
         RateLimit, UsageLimit, Refill, RefillInterval, Restrictions,
@@ -69,6 +78,7 @@ use utoipa::{Modify, OpenApi};
         (name = "keys", description = "Credentials, and the verify hot path"),
         (name = "root-keys", description = "Credentials for this admin API"),
         (name = "leaks", description = "Reporting keys found where they should not be"),
+        (name = "webhooks", description = "Audit events sent to your URL, signed"),
         (name = "records", description = "The access log, usage counts and the audit log"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     ),

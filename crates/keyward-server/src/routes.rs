@@ -7,6 +7,7 @@ pub mod ops;
 pub mod projects;
 pub mod records;
 pub mod root_keys;
+pub mod webhooks;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
