@@ -429,3 +429,59 @@ async fn an_operator_chooses_on_the_api_page_what_a_leak_does_to_its_keys() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("must be disable, revoke or none"), "{body}");
 }
+
+#[tokio::test]
+async fn an_operator_creates_a_webhook_sees_its_secret_once_and_deletes_it() {
+    let app = spawn_app();
+    let op = first_operator(&app).await;
+    let (status, _, body) = op.get("/webhooks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("New webhook"), "{body}");
+    let (status, _, body) = op
+        .submit(
+            "/webhooks",
+            "/webhooks",
+            &[
+                ("url", "https://hooks.example.com/keyward"),
+                ("events", "key.*, root_key.leaked"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let secret = body
+        .split("whsec_")
+        .nth(1)
+        .map(|rest| format!("whsec_{}", &rest[..43]))
+        .expect("the secret is shown");
+    let http = support::http::Http::new(&app);
+    let hooks = http.get("/v1/webhooks").await.expect(200);
+    let id = hooks["items"][0]["id"].as_str().expect("an id").to_owned();
+    assert_eq!(
+        hooks["items"][0]["events"],
+        serde_json::json!(["key.*", "root_key.leaked"])
+    );
+
+    // Listed and shown, never with the secret again.
+    for page in ["/webhooks".to_owned(), format!("/webhooks/{id}")] {
+        let (status, _, body) = op.get(&page).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("https://hooks.example.com/keyward"));
+        assert!(!body.contains(&secret), "{page} shows the secret");
+    }
+
+    let (status, path, _) = op
+        .submit("/webhooks", &format!("/webhooks/{id}/delete"), &[])
+        .await;
+    assert_eq!((status, path.as_str()), (StatusCode::OK, "/webhooks"));
+    let hooks = http.get("/v1/webhooks").await.expect(200);
+    assert_eq!(hooks["items"], serde_json::json!([]));
+    let (status, _, body) = op
+        .submit(
+            "/webhooks",
+            "/webhooks",
+            &[("url", "ftp://x"), ("events", "*")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("http:// or https://"), "{body}");
+}

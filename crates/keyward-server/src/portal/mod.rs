@@ -64,6 +64,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(service: Arc<Service>) -> Router
             get(pages::list_root_keys).post(pages::create_root_key),
         )
         .route("/root-keys/{id}/revoke", post(pages::revoke_root_key))
+        .route(
+            "/webhooks",
+            get(pages::list_webhooks).post(pages::create_webhook),
+        )
+        .route("/webhooks/{id}", get(pages::show_webhook))
+        .route("/webhooks/{id}/delete", post(pages::delete_webhook))
         .route("/users", get(pages::list_users).post(pages::invite_user))
         .route("/users/{id}/{action}", post(pages::act_on_user))
         .with_state(state)

@@ -1652,3 +1652,146 @@ pub async fn act_on_user(
     .await;
     Ok(redirect("/users"))
 }
+
+pub async fn list_webhooks(
+    State(st): State<PortalState>,
+    headers: HeaderMap,
+    ext: Extensions,
+) -> PageResult {
+    let c = operator(&st, &headers).await?;
+    let a = actor(&c, &ext);
+    let hooks = st
+        .service
+        .list_webhooks(
+            &a,
+            Page {
+                limit: Page::MAX_LIMIT,
+                after: None,
+            },
+        )
+        .await
+        .map_err(|e| domain(&c, e))?;
+    let t = &c.session.csrf_token;
+    let body = html! {
+        h1 { "Webhooks" }
+        p.muted { "Audit events (key.create, key.revoke, key.leaked, …) POSTed to your URL as they happen, signed with the webhook's secret, in order, retried until answered with a 2xx." }
+        table {
+            thead { tr { th { "URL" } th { "Events" } th { "State" } th { "Created" } th {} } }
+            tbody { @for w in &hooks.items { tr {
+                td.mono { a href={ "/webhooks/" (w.id) } { (w.url) } }
+                td.mono { (w.events.join(", ")) }
+                td { @if w.failures > 0 {
+                    span.state.revoked { "failing" } " " (w.failures) " attempt(s), next " (time_opt(w.next_attempt_at))
+                } @else { span.state.active { "ok" } } }
+                td { (views::time(w.created_at)) }
+                td { form.inline method="post" action={ "/webhooks/" (w.id) "/delete" } { (csrf(t)) button.danger type="submit" style="margin:0" { "Delete" } } }
+            } } }
+        }
+        div.card style="margin-top:20px" {
+            h2 style="margin-top:0" { "New webhook" }
+            form method="post" action="/webhooks" {
+                (csrf(t))
+                label { "URL" } input type="url" name="url" placeholder="https://hooks.example.com/keyward" required;
+                label { "Events (comma-separated: key.revoke, key.*, or *)" } input type="text" name="events" value="key.*";
+                button type="submit" { "Create webhook" }
+            }
+        }
+    };
+    Ok(html(StatusCode::OK, page("Webhooks", Some(&c), body)))
+}
+
+pub async fn create_webhook(
+    State(st): State<PortalState>,
+    headers: HeaderMap,
+    ext: Extensions,
+    Form(fields): Fields,
+) -> PageResult {
+    let c = operator(&st, &headers).await?;
+    check_form(&headers, &fields, &c)?;
+    let a = actor(&c, &ext);
+    let (hook, secret) = st
+        .service
+        .create_webhook(
+            &a,
+            keyward_core::webhooks::CreateWebhookRequest {
+                url: field(&fields, "url").trim().to_owned(),
+                events: list(field(&fields, "events")),
+            },
+        )
+        .await
+        .map_err(|e| domain(&c, e))?;
+    let body = html! {
+        h1 { "Webhook for " span.mono { (hook.url) } }
+        (views::shown_once_with(
+            secret.expose(),
+            "signing secret",
+            "It is shown only once. Check each request's keyward-signature with it; if you lose it, delete the webhook and create another.",
+        ))
+        p { a.button href="/webhooks" { "I have stored it — continue" } }
+    };
+    Ok(html(
+        StatusCode::CREATED,
+        page("New webhook", Some(&c), body),
+    ))
+}
+
+pub async fn show_webhook(
+    State(st): State<PortalState>,
+    headers: HeaderMap,
+    ext: Extensions,
+    Path(id): Path<String>,
+) -> PageResult {
+    let c = operator(&st, &headers).await?;
+    let a = actor(&c, &ext);
+    let hook = st
+        .service
+        .get_webhook(&a, &id)
+        .await
+        .map_err(|e| domain(&c, e))?;
+    let deliveries = st
+        .service
+        .list_deliveries(
+            &a,
+            &id,
+            Page {
+                limit: 100,
+                after: None,
+            },
+        )
+        .await
+        .map_err(|e| domain(&c, e))?;
+    let body = html! {
+        p.muted { a href="/webhooks" { "Webhooks" } " / " }
+        h1.mono { (hook.url) }
+        p { "Events: " span.mono { (hook.events.join(", ")) } }
+        h2 { "Latest deliveries" }
+        table {
+            thead { tr { th { "Time" } th { "Event" } th { "Attempt" } th { "Status" } th { "Took" } th { "Error" } } }
+            tbody { @for d in &deliveries.items { tr {
+                td { (views::time(d.at)) } td.mono { (d.event) } td { (d.attempt) }
+                td { @if d.succeeded { span.state.active { (d.status.unwrap_or_default()) } } @else {
+                    span.state.revoked { @if let Some(s) = d.status { (s) } @else { "no answer" } }
+                } }
+                td { (d.duration_ms) " ms" } td.muted { (d.error.as_deref().unwrap_or("")) }
+            } } }
+        }
+    };
+    Ok(html(StatusCode::OK, page("Webhook", Some(&c), body)))
+}
+
+pub async fn delete_webhook(
+    State(st): State<PortalState>,
+    headers: HeaderMap,
+    ext: Extensions,
+    Path(id): Path<String>,
+    Form(fields): Fields,
+) -> PageResult {
+    let c = operator(&st, &headers).await?;
+    check_form(&headers, &fields, &c)?;
+    let a = actor(&c, &ext);
+    st.service
+        .delete_webhook(&a, &id)
+        .await
+        .map_err(|e| domain(&c, e))?;
+    Ok(redirect("/webhooks"))
+}

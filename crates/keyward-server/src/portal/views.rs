@@ -30,6 +30,7 @@ pub fn page(title: &str, current: Option<&Current>, body: Markup) -> Markup {
                                 a href="/keys" { "Keys" }
                                 a href="/audit" { "Audit log" }
                                 a href="/root-keys" { "Root keys" }
+                                a href="/webhooks" { "Webhooks" }
                                 a href="/users" { "Users" }
                             } @else {
                                 a href="/projects" { "Projects" }
@@ -78,11 +79,20 @@ pub fn state_badge(state: &str) -> Markup {
 
 /// The warning and the key, the one time it is shown, with a copy button.
 pub fn shown_once(key: &str, what: &str) -> Markup {
+    shown_once_with(
+        key,
+        what,
+        "It is shown only once: keyward stores a one-way digest and cannot show it again. \
+         If you lose it, rotate the key.",
+    )
+}
+
+/// [`shown_once`] with its own note on what to do if it is lost.
+pub fn shown_once_with(key: &str, what: &str, note: &str) -> Markup {
     html! {
         div.warning {
             strong { "Copy this " (what) " now. " }
-            "It is shown only once: keyward stores a one-way digest and cannot show it again. "
-            "If you lose it, rotate the key."
+            (note)
         }
         div.secret.mono id="secret" data-testid="secret" { (key) }
         button type="button" id="copy" onclick="navigator.clipboard.writeText(document.getElementById('secret').textContent.trim()).then(()=>{this.textContent='Copied'})" { "Copy" }
