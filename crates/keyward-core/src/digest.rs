@@ -178,6 +178,12 @@ impl Peppers {
         self.peppers.first()
     }
 
+    /// The highest version's secret: what a file of this format holds when it is used as one
+    /// key (the master key of [`crate::vault`]).
+    pub(crate) fn current_secret(&self) -> Option<Zeroizing<[u8; 32]>> {
+        self.current().map(|p| p.secret.clone())
+    }
+
     /// The version new keys are digested under.
     pub fn current_version(&self) -> u32 {
         self.current().map_or(0, |p| p.version)
@@ -250,7 +256,7 @@ impl Peppers {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 format!(
-                    "pepper file {} is accessible by group or others (mode {:04o}); \
+                    "{} is accessible by group or others (mode {:04o}); \
                      run `chmod 600` on it",
                     path.display(),
                     mode & 0o7777
@@ -262,7 +268,7 @@ impl Peppers {
         Self::parse_file_contents(&text).map_err(|message| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("pepper file {}: {message}", path.display()),
+                format!("{}: {message}", path.display()),
             )
         })
     }

@@ -19,6 +19,7 @@ pub mod secret;
 pub mod service;
 pub mod store;
 pub mod users;
+pub mod vault;
 pub mod verify;
 pub mod webhooks;
 

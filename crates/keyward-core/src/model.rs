@@ -90,6 +90,10 @@ pub struct ApiPolicies {
     /// What a leak report (`POST /v1/leaks`) does to a key of this api.
     #[serde(default)]
     pub leak_response: LeakResponse,
+    /// Keys may be created `recoverable`: a sealed copy is kept and can be revealed
+    /// (`POST /v1/keys/{id}/reveal`, audited). Off by default.
+    #[serde(default)]
+    pub recoverable_keys: bool,
 }
 
 /// What happens to a key reported leaked.

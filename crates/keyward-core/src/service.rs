@@ -18,6 +18,7 @@ use crate::records::{
 };
 use crate::secret::KeyMaterial;
 use crate::store::Store;
+use crate::vault::{DataKey, MasterKey};
 use crate::verify::{
     CachedKey, CheckResult, Code, DigestHashBuilder, KeyCache, MissCache, VerifyResponse,
 };
@@ -110,6 +111,8 @@ pub struct Service {
     /// Rate-limit and quota counters shared with the other nodes (Redis); `None` counts on
     /// this node only.
     shared: std::sync::OnceLock<Arc<dyn SharedCounters>>,
+    /// Seals the data keys of recoverable keys; without it none can be created or revealed.
+    master_key: std::sync::OnceLock<Arc<MasterKey>>,
 }
 
 impl Service {
@@ -130,7 +133,38 @@ impl Service {
             cache_misses: AtomicU64::new(0),
             cache_trusted_until: AtomicI64::new(i64::MAX),
             shared: std::sync::OnceLock::new(),
+            master_key: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets this service keep and reveal recoverable keys. The first one set wins.
+    pub fn set_master_key(&self, master: Arc<MasterKey>) -> bool {
+        self.master_key.set(master).is_ok()
+    }
+
+    /// The workspace's data key, created (and stored sealed) on first use.
+    async fn data_key(&self, workspace_id: &str) -> Result<DataKey, Error> {
+        let Some(master) = self.master_key.get() else {
+            return Err(Error::invalid(
+                "recoverable",
+                "this server has no master key, so it keeps no recoverable keys",
+            ));
+        };
+        let sealed = match self.store.data_key(workspace_id).await? {
+            Some(sealed) => sealed,
+            None => {
+                let (_, sealed) = master.new_data_key(workspace_id);
+                // Two nodes racing both read back the winner's.
+                self.store
+                    .ensure_data_key(workspace_id, &sealed, self.now())
+                    .await?
+            }
+        };
+        master.open_data_key(workspace_id, &sealed).map_err(|_| {
+            Error::Store(StoreError::Corrupt(format!(
+                "workspace {workspace_id}: its data key does not open with this master key"
+            )))
+        })
     }
 
     /// Charges rate limits and quotas on `counters`, shared with every node using them,
@@ -627,10 +661,10 @@ impl Service {
         if let Some(project_id) = &req.project_id {
             self.load_project(&actor.workspace_id, project_id).await?;
         }
-        if req.recoverable {
+        if req.recoverable && !api.policies.recoverable_keys {
             return Err(Error::invalid(
                 "recoverable",
-                "recoverable keys are not available in this version",
+                "this api keeps no recoverable keys (set its policies.recoverable_keys)",
             ));
         }
         let now = self.now();
@@ -679,9 +713,22 @@ impl Service {
             ..key
         };
         check_key(&key, &api)?;
+        if req.recoverable {
+            // The copy first: a key is never stored recoverable without its copy.
+            let sealed = self
+                .data_key(&key.workspace_id)
+                .await?
+                .seal_key(&key.id, &material);
+            self.store
+                .insert_key_copy(&key.workspace_id, &key.id, &sealed)
+                .await?;
+        }
         self.store.insert_key(&key).await?;
-        self.audit(actor, "key.create", &key.id, created(&key))
-            .await?;
+        let mut changes = created(&key);
+        if let (true, Some(map)) = (req.recoverable, changes.as_object_mut()) {
+            map.insert("recoverable".into(), true.into());
+        }
+        self.audit(actor, "key.create", &key.id, changes).await?;
         Ok((key, material))
     }
 
@@ -865,10 +912,46 @@ impl Service {
         if !updated {
             return self.load_key(&actor.workspace_id, id).await;
         }
+        // A revoked key is never revealed: its copy has no use left.
+        self.store
+            .delete_key_copy(&key.workspace_id, &key.id)
+            .await?;
         let changes =
             serde_json::json!({ "state": "revoked", "revoked_at": rfc3339(key.revoked_at) });
         self.audit(actor, "key.revoke", &key.id, changes).await?;
         Ok(key)
+    }
+
+    /// Needs `keys.write` for the key's api (revealing a key is as strong as replacing it).
+    /// The plaintext of a key created `recoverable`, opened from its sealed copy; every
+    /// reveal is audited (`key.reveal`). `409 key_not_recoverable` for any other key, and
+    /// `409 key_revoked` for a revoked one.
+    pub async fn reveal_key(&self, actor: &Actor, id: &str) -> Result<KeyMaterial, Error> {
+        actor.require_any("keys.write")?;
+        let key = self.load_key(&actor.workspace_id, id).await?;
+        actor.require("keys.write", Some(&key.api_id))?;
+        if key.state == KeyState::Revoked {
+            return Err(revoked_conflict());
+        }
+        let Some(sealed) = self.store.key_copy(&key.workspace_id, &key.id).await? else {
+            return Err(Error::Conflict {
+                code: "key_not_recoverable",
+                message: "the key was not created recoverable; only its digest is stored".into(),
+            });
+        };
+        let material = self
+            .data_key(&key.workspace_id)
+            .await?
+            .open_key(&key.id, &sealed)
+            .map_err(|_| {
+                Error::Store(StoreError::Corrupt(format!(
+                    "key {}: its copy does not open",
+                    key.id
+                )))
+            })?;
+        self.audit(actor, "key.reveal", &key.id, serde_json::json!({}))
+            .await?;
+        Ok(material)
     }
 
     /// Needs `keys.write` for the key's api. Issues a new key with the same settings; the old
@@ -922,6 +1005,21 @@ impl Service {
         ) {
             usage.remaining = remaining;
             new.usage_refilled_at = Some(refilled_at);
+        }
+        // A recoverable key's successor is recoverable too.
+        if self
+            .store
+            .key_copy(&old.workspace_id, &old.id)
+            .await?
+            .is_some()
+        {
+            let sealed = self
+                .data_key(&new.workspace_id)
+                .await?
+                .seal_key(&new.id, &material);
+            self.store
+                .insert_key_copy(&new.workspace_id, &new.id, &sealed)
+                .await?;
         }
         self.store.insert_key(&new).await?;
 

@@ -24,6 +24,7 @@ pub trait Store:
     crate::records::RecordStore
     + crate::users::UserStore
     + crate::webhooks::WebhookStore
+    + crate::vault::VaultStore
     + Send
     + Sync
     + 'static

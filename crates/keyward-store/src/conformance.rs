@@ -203,6 +203,7 @@ pub fn api(workspace_id: &str, now: OffsetDateTime) -> Api {
             max_active_keys_per_project: Some(3),
             retire_unused_after: Some("90d".to_owned()),
             leak_response: keyward_core::model::LeakResponse::Revoke,
+            recoverable_keys: true,
         },
         created_at: now,
         updated_at: now,

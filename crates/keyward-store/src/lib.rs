@@ -17,6 +17,7 @@ pub mod shared_counters;
 mod sql;
 mod sqlite;
 mod users;
+mod vault;
 mod webhooks;
 
 pub use postgres::PgStore;

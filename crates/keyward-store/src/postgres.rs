@@ -94,3 +94,4 @@ sql::impl_store!(PgStore);
 crate::records::impl_record_store!(PgStore, anonymous_placeholders = false);
 crate::users::impl_user_store!(PgStore);
 crate::webhooks::impl_webhook_store!(PgStore);
+crate::vault::impl_vault_store!(PgStore);

@@ -85,6 +85,7 @@ sql::impl_store!(SqliteStore);
 crate::records::impl_record_store!(SqliteStore, anonymous_placeholders = true);
 crate::users::impl_user_store!(SqliteStore);
 crate::webhooks::impl_webhook_store!(SqliteStore);
+crate::vault::impl_vault_store!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
