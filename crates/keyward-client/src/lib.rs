@@ -349,6 +349,24 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/keys/{id}/reveal`: the plaintext of a key created `recoverable` (needs
+    /// `keys.write`; audited by the server).
+    pub async fn reveal_key(&self, id: &str) -> Result<Secret, Error> {
+        #[derive(serde::Deserialize)]
+        struct Revealed {
+            key: Secret,
+        }
+        let revealed: Revealed = self
+            .call(
+                Method::POST,
+                &format!("v1/keys/{}/reveal", seg(id)),
+                &[],
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        Ok(revealed.key)
+    }
+
     /// `POST /v1/keys/verify`. A well-formed call always succeeds; the verdict is in the
     /// response's `valid` and `code`.
     pub async fn verify_key(&self, req: &VerifyRequest) -> Result<VerifyResponse, Error> {

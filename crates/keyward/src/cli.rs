@@ -9,7 +9,8 @@ Configuration layers, lowest to highest: built-in defaults, keyward.toml (in the
 directory, or --config FILE), KEYWARD_* environment variables, flags.
 
 Environment: KEYWARD_LISTEN, KEYWARD_DATA_DIR, KEYWARD_DATABASE_URL (or
-KEYWARD_DATABASE_URL_FILE), KEYWARD_PEPPER_FILE, KEYWARD_LOG_FORMAT, KEYWARD_WORKERS,
+KEYWARD_DATABASE_URL_FILE), KEYWARD_PEPPER_FILE, KEYWARD_MASTER_KEY_FILE,
+KEYWARD_LOG_FORMAT, KEYWARD_WORKERS,
 KEYWARD_ACCESS_LOG_RETENTION, KEYWARD_ROLLUP_RETENTION, KEYWARD_RECORD_VERIFICATIONS,
 KEYWARD_NODE_NAME, KEYWARD_REDIS_URL (or KEYWARD_REDIS_URL_FILE), KEYWARD_REDIS_PREFIX,
 KEYWARD_LOG (log filter, e.g. \"info,keyward_server=debug\").";
@@ -365,7 +366,12 @@ pub enum KeysCommand {
         /// A JSON object stored with the key.
         #[arg(long, value_name = "JSON")]
         meta: Option<String>,
+        /// Keep a sealed copy that `keys reveal` can show again (the api must allow it).
+        #[arg(long)]
+        recoverable: bool,
     },
+    /// Print the plaintext of a key created --recoverable (audited by the server).
+    Reveal { id: String },
     /// List keys (never their plaintext).
     List {
         #[arg(long, value_name = "API")]

@@ -24,6 +24,8 @@ struct FileConfig {
     /// A file holding the database URL (it may carry a password).
     database_url_file: Option<PathBuf>,
     pepper_file: Option<PathBuf>,
+    /// The master key sealing recoverable keys [default: {data_dir}/master.key].
+    master_key_file: Option<PathBuf>,
     log_format: Option<LogFormat>,
     /// Log filter, `RUST_LOG` syntax.
     log: Option<String>,
@@ -64,6 +66,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     database: Database,
     pepper_file: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub log_filter: String,
     /// Worker threads; 1 means a current-thread runtime.
@@ -114,6 +117,7 @@ impl Config {
         let mut data_dir = PathBuf::from(DEFAULT_DATA_DIR);
         let mut database = Database::Default;
         let mut pepper_file = None;
+        let mut master_key_file = None;
         let mut log_format = LogFormat::Text;
         let mut log_filter = "info".to_owned();
         let mut workers = std::thread::available_parallelism().map_or(1, usize::from);
@@ -143,6 +147,9 @@ impl Config {
         }
         if let Some(v) = file.pepper_file {
             pepper_file = Some(v);
+        }
+        if let Some(v) = file.master_key_file {
+            master_key_file = Some(v);
         }
         if let Some(v) = file.log_format {
             log_format = v;
@@ -215,6 +222,9 @@ impl Config {
         }
         if let Some(v) = env("KEYWARD_PEPPER_FILE") {
             pepper_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("KEYWARD_MASTER_KEY_FILE") {
+            master_key_file = Some(PathBuf::from(v));
         }
         if let Some(v) = env("KEYWARD_LOG_FORMAT") {
             log_format = match v.trim() {
@@ -301,6 +311,7 @@ impl Config {
             data_dir,
             database,
             pepper_file,
+            master_key_file,
             log_format,
             log_filter,
             workers,
@@ -335,6 +346,17 @@ impl Config {
     }
 
     /// Whether the pepper lives under the data dir (so the dir must exist).
+    /// The master key file: explicit, or `{data_dir}/master.key`.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.master_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("master.key"))
+    }
+
+    pub fn master_key_in_data_dir(&self) -> bool {
+        self.master_key_file.is_none()
+    }
+
     pub fn pepper_in_data_dir(&self) -> bool {
         self.pepper_file.is_none()
     }

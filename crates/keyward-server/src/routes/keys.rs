@@ -1,4 +1,4 @@
-//! `/v1/keys`: issue, list, change, revoke, rotate and verify keys.
+//! `/v1/keys`: issue, list, change, revoke, rotate, reveal and verify keys.
 
 use super::{created_with_secret, CreatedKeyResponse};
 use crate::auth::Auth;
@@ -7,15 +7,15 @@ use crate::extract::{self, Json, JsonResponse, ListResponse, Query};
 use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use keyward_core::model::{
     CreateKeyRequest, Key, KeyFilter, KeyState, RotateKeyRequest, UpdateKeyRequest, VerifyRequest,
 };
 use keyward_core::verify::{VerifyResponse, VerifyResponseSchema};
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
             get(get_key).patch(update_key).delete(revoke_key),
         )
         .route("/v1/keys/{id}/rotate", post(rotate_key))
+        .route("/v1/keys/{id}/reveal", post(reveal_key))
 }
 
 /// Creates a key; the plaintext is in the response, once. Needs `keys.write` (for the
@@ -221,6 +222,48 @@ pub async fn rotate_key(
         },
         &material,
     ))
+}
+
+/// The plaintext of a recoverable key.
+#[derive(Serialize, ToSchema)]
+pub struct RevealedKeyResponse {
+    pub id: String,
+    /// The plaintext key. Keep it out of logs.
+    pub key: String,
+}
+
+/// The plaintext of a key created `recoverable` (its api has `policies.recoverable_keys`),
+/// opened from its sealed copy. Needs `keys.write` for the key's api; every reveal is in the
+/// audit log (`key.reveal`).
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/reveal", tag = "keys",
+    params(("id" = String, Path, description = "`key_…`")),
+    responses(
+        (status = 200, description = "The plaintext (`Cache-Control: no-store`)", body = RevealedKeyResponse),
+        (status = 401, description = "No valid root key", body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 403, description = "Missing `keys.write`", body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 404, description = "`key_not_found`", body = ProblemResponse, content_type = "application/problem+json"),
+        (status = 409, description = "`key_not_recoverable` or `key_revoked`", body = ProblemResponse, content_type = "application/problem+json"),
+    ),
+    security(("root_key" = [])),
+)]
+pub async fn reveal_key(
+    State(state): State<AppState>,
+    Auth(actor): Auth,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let material = state.service.reveal_key(&actor, &id).await?;
+    let body = RevealedKeyResponse {
+        id,
+        key: material.expose().to_owned(),
+    };
+    let mut res = crate::extract::JsonResponse(StatusCode::OK, body).into_response();
+    // Security: no cache or browser keeps the secret.
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
 }
 
 /// `?explain=true` on verify.

@@ -22,6 +22,7 @@ pub async fn run(http: HttpArgs, command: KeysCommand) -> anyhow::Result<ExitCod
             permissions,
             expires_in,
             meta,
+            recoverable,
         } => {
             let meta = match meta {
                 Some(text) => parse_meta(&text)?,
@@ -34,6 +35,7 @@ pub async fn run(http: HttpArgs, command: KeysCommand) -> anyhow::Result<ExitCod
                 permissions: permissions.as_deref().map(split_list),
                 expires_in,
                 meta,
+                recoverable,
                 ..CreateKeyRequest::default()
             };
             let created = client.create_key(&req).await?;
@@ -111,6 +113,11 @@ pub async fn run(http: HttpArgs, command: KeysCommand) -> anyhow::Result<ExitCod
             if !http.json {
                 eprintln!("revoked key {id}");
             }
+        }
+        KeysCommand::Reveal { id } => {
+            let key = client.reveal_key(&id).await?;
+            // Only the key on stdout, like `keys create`, so scripts can capture it.
+            println!("{}", key.expose());
         }
         KeysCommand::Rotate { id, grace_period } => {
             let created = client

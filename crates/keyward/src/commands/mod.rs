@@ -22,7 +22,10 @@ use std::sync::Arc;
 
 /// Creates the data dir (mode 0700) if the database or the pepper lives in it.
 pub fn ensure_data_dir(config: &Config) -> anyhow::Result<()> {
-    if !(config.database_in_data_dir() || config.pepper_in_data_dir()) {
+    if !(config.database_in_data_dir()
+        || config.pepper_in_data_dir()
+        || config.master_key_in_data_dir())
+    {
         return Ok(());
     }
     create_private_dir(&config.data_dir)

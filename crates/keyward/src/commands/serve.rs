@@ -4,6 +4,7 @@ use super::{ensure_data_dir, load_peppers, open_store};
 use crate::config::{redact_url, Config};
 use anyhow::Context as _;
 use keyward_core::service::Service;
+use keyward_core::vault::MasterKey;
 use keyward_core::SystemClock;
 use keyward_server::gateway::{Gateway, GatewayConfig};
 use keyward_server::{Application, Settings};
@@ -52,6 +53,14 @@ pub async fn open_service(config: &Config) -> anyhow::Result<Arc<Service>> {
     );
 
     let service = Arc::new(Service::new(store, Arc::new(SystemClock), peppers));
+    let master_path = config.master_key_path();
+    let master = MasterKey::load_or_create(&master_path).with_context(|| {
+        format!(
+            "cannot load or create the master key file {}",
+            master_path.display()
+        )
+    })?;
+    service.set_master_key(Arc::new(master));
     if let Some(redis) = &config.redis {
         let counters = RedisCounters::connect(&redis.url, &redis.prefix)
             .await
