@@ -488,8 +488,8 @@ pub trait RecordStore: Send + Sync + 'static {
     ) -> StoreResult<Listing<VerificationEvent>>;
     /// Sums per bucket and code, oldest bucket first.
     async fn usage(&self, workspace_id: &str, query: &UsageQuery) -> StoreResult<Vec<UsageRow>>;
-    /// Deletes access-log events before `events_before` and usage buckets starting before
-    /// `usage_before`; returns how many rows went.
+    /// Deletes access-log events (and webhook delivery attempts) before `events_before` and
+    /// usage buckets starting before `usage_before`; returns how many rows went.
     async fn prune_records(
         &self,
         events_before: OffsetDateTime,

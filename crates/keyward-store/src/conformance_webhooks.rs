@@ -197,6 +197,18 @@ pub async fn webhooks_are_scoped_leased_once_and_resume_where_they_stopped(store
         ["aud_3", "aud_2"]
     );
     assert_eq!(first.items[1], inserted[1]);
+    // Attempts older than the access log's retention go with it.
+    let ancient = delivery(&w, -10 * 86_400_000, true);
+    store.insert_delivery(&ancient).await.expect("delivery");
+    store
+        .prune_records(at(-86_400_000), at(-400 * 86_400_000))
+        .await
+        .expect("prune");
+    let all = store
+        .list_deliveries(&ws.id, &w.id, &page)
+        .await
+        .expect("deliveries");
+    assert_eq!(all.items.len(), 3, "only the old attempt went");
     let rest = store
         .list_deliveries(
             &ws.id,

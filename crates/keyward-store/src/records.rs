@@ -324,6 +324,8 @@ pub(crate) const PRUNE_TERM_SEGMENTS: &str = "DELETE FROM verification_term_segm
 /// The oldest batch id left, if any.
 pub(crate) const OLDEST_BATCH: &str = "SELECT CAST(MIN(id) AS BIGINT) FROM verification_batches";
 pub(crate) const PRUNE_USAGE: &str = "DELETE FROM usage_counts WHERE bucket < $1";
+/// Webhook delivery attempts are kept as long as the access log.
+pub(crate) const PRUNE_DELIVERIES: &str = "DELETE FROM webhook_deliveries WHERE at < $1";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct UsageSumRow {
@@ -645,7 +647,12 @@ macro_rules! impl_record_store {
                     .execute(&self.pool)
                     .await
                     .map_err(map_sqlx)?;
-                Ok(total + done.rows_affected())
+                let deliveries = sqlx::query(r::PRUNE_DELIVERIES)
+                    .bind(cut)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_sqlx)?;
+                Ok(total + done.rows_affected() + deliveries.rows_affected())
             }
 
             async fn append_audit(
