@@ -113,6 +113,8 @@ pub struct Service {
     shared: std::sync::OnceLock<Arc<dyn SharedCounters>>,
     /// Seals the data keys of recoverable keys; without it none can be created or revealed.
     master_key: std::sync::OnceLock<Arc<MasterKey>>,
+    /// Signalled after each audit append, so this node's webhook deliverer sends at once.
+    audit_appended: tokio::sync::Notify,
 }
 
 impl Service {
@@ -134,7 +136,13 @@ impl Service {
             cache_trusted_until: AtomicI64::new(i64::MAX),
             shared: std::sync::OnceLock::new(),
             master_key: std::sync::OnceLock::new(),
+            audit_appended: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves after the next audit append through this service (an event for webhooks).
+    pub fn audit_appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.audit_appended.notified()
     }
 
     /// Lets this service keep and reveal recoverable keys. The first one set wins.
@@ -1680,6 +1688,8 @@ impl Service {
             changes,
         };
         self.store.append_audit(&record).await?;
+        // A stored permit if the deliverer is busy: it looks again when done.
+        self.audit_appended.notify_one();
         Ok(())
     }
 }

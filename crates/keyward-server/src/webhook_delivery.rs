@@ -1,5 +1,6 @@
-//! Delivers webhooks: every second, each webhook that is due and behind its workspace's audit
-//! log is leased (so one node delivers it at a time), its new events are POSTed in order,
+//! Delivers webhooks: every second, and at once after a change made through this node, each
+//! webhook that is due and behind its workspace's audit log is leased (so one node delivers it
+//! at a time), its new events are POSTed in order,
 //! signed, and where it got to is saved. A failure stops that webhook's turn at the failed
 //! event, which is retried after `keyward_core::webhooks::backoff`: order holds, and every
 //! event is delivered at least once.
@@ -50,6 +51,7 @@ impl WebhookTasks {
             loop {
                 tokio::select! {
                     _ = ticks.tick() => { deliver_due(&service, &client).await; }
+                    _ = service.audit_appended() => { deliver_due(&service, &client).await; }
                     _ = stopped.changed() => break,
                 }
             }

@@ -149,10 +149,18 @@ async fn audit_events_reach_the_url_signed_in_order_and_a_failure_is_retried(app
     assert_eq!(shown["events"], json!(["key.*"]));
 
     let api = http.create_api("orders", "orders").await; // api.create: not subscribed
+    let changed = Instant::now();
     let key = http
         .create_key(&json!({"api_id": api["id"], "name": "k"}))
         .await;
     let key_id = str_of(&key, "id").to_owned();
+    let first = receiver.wait_for(1).await;
+    // Printed, not asserted (`--nocapture`): woken by the change, not by the 1 s poll.
+    eprintln!(
+        "first webhook request {:?} after the change",
+        changed.elapsed()
+    );
+    assert_eq!(first[0].header("keyward-event"), "key.create");
     http.delete(&format!("/v1/keys/{key_id}")).await.expect(200);
 
     let got = receiver.wait_for(3).await;
