@@ -117,12 +117,7 @@ impl TestApp {
 
     /// Sends `signal` (e.g. `"TERM"`) to the server without waiting for it.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
+        assert!(send_signal(&self.child, signal), "kill -{signal} failed");
     }
 
     /// Waits (up to 30 s) for the server to exit.
@@ -210,6 +205,15 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `signal` (e.g. `"TERM"`, `"STOP"`) to `child`; whether `kill` succeeded.
+pub fn send_signal(child: &Child, signal: &str) -> bool {
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Starts `keyward serve` on port 0 with SQLite in a fresh temporary data dir.

@@ -105,12 +105,10 @@ impl OwnRedis {
 
     /// Sends `signal` (`STOP` or `CONT`) to the server.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} redis-server failed");
+        assert!(
+            super::send_signal(&self.child, signal),
+            "kill -{signal} redis-server failed"
+        );
     }
 
     /// Runs one command on it and returns the reply as a string.
@@ -131,17 +129,8 @@ impl OwnRedis {
 
 impl Drop for OwnRedis {
     fn drop(&mut self) {
-        let _ = self.signal_quietly("CONT");
+        // SIGKILL ends a paused (SIGSTOP) server too.
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl OwnRedis {
-    fn signal_quietly(&self, signal: &str) -> std::io::Result<std::process::ExitStatus> {
-        Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
     }
 }
