@@ -4,6 +4,10 @@
 //! them keep verifying ([`Peppers::candidates`]), and [`DigestVersion::Sha256`] covers keys
 //! imported from systems that stored a plain SHA-256.
 //!
+//! The in-memory caches index keys by a cheaper [`Peppers::lookup`] digest instead: SHA-256
+//! over a secret drawn at start, never stored, and then the key. One compression where the
+//! HMAC takes two; the HMAC is computed only when a key is not in memory.
+//!
 //! # Pepper file
 //!
 //! One line per version, `v{n}:{64 lower- or upper-case hex digits}`, e.g.
@@ -68,6 +72,16 @@ impl Pepper {
     }
 }
 
+/// SHA-256's state after absorbing `block`, the lookup secret.
+fn lookup_state(block: &[u8; 64]) -> Zeroizing<[u32; 8]> {
+    let mut state = Zeroizing::new(SHA256_IV);
+    sha2::compress256(
+        &mut state,
+        std::slice::from_ref(GenericArray::from_slice(block)),
+    );
+    state
+}
+
 /// SHA-256's initial state (FIPS 180-4, 5.3.3).
 const SHA256_IV: [u32; 8] = [
     0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
@@ -121,6 +135,9 @@ impl Drop for WipedBlocks {
 pub struct Peppers {
     /// Never empty; sorted by version, highest first.
     peppers: Vec<Pepper>,
+    /// SHA-256's state after absorbing 64 bytes from the OS CSPRNG, drawn when the set is
+    /// built and never written anywhere: the key of [`Peppers::lookup`].
+    lookup: Zeroizing<[u32; 8]>,
 }
 
 impl fmt::Debug for Peppers {
@@ -164,7 +181,12 @@ impl Peppers {
             peppers.push(Pepper::new(version, secret));
         }
         peppers.sort_by_key(|p| std::cmp::Reverse(p.version));
-        Ok(Self { peppers })
+        let mut block = Zeroizing::new([0u8; 64]);
+        rand::rngs::OsRng.fill_bytes(&mut *block);
+        Ok(Self {
+            peppers,
+            lookup: lookup_state(&block),
+        })
     }
 
     /// 32 fresh bytes from the operating system's CSPRNG.
@@ -192,6 +214,19 @@ impl Peppers {
     /// All loaded versions, highest first.
     pub fn versions(&self) -> Vec<u32> {
         self.peppers.iter().map(|p| p.version).collect()
+    }
+
+    /// What the in-memory caches index `key` by: SHA-256 of this process's 64-byte lookup
+    /// secret followed by the key, one compression for a well-formed key (the HMAC of
+    /// [`Peppers::digest`] takes two).
+    ///
+    /// Security: only keys whose stored digest was confirmed are cached under it, and finding
+    /// another key with the same lookup digest is a SHA-256 second preimage under a secret
+    /// prefix, so a hit proves the key as the stored digest does. The length extension of a
+    /// secret-prefix hash does not apply: nothing outside the process ever sees an output.
+    /// Never stored, never compared with anything but other lookup digests of this process.
+    pub fn lookup(&self, key: &str) -> [u8; 32] {
+        sha256_after_block(&self.lookup, key.as_bytes())
     }
 
     /// The digest to store for a new key: HMAC-SHA256 under the current pepper.
@@ -459,6 +494,39 @@ mod tests {
             let expected: [u8; 32] = reference.finalize().into_bytes().into();
             assert_eq!(p.digest(&key).bytes, expected, "length {len}");
         }
+    }
+
+    #[test]
+    fn lookup_is_sha256_of_the_secret_then_the_key_at_every_padding_boundary() {
+        let mut secret = [0u8; 64];
+        rand::thread_rng().fill_bytes(&mut secret);
+        let p = Peppers {
+            lookup: lookup_state(&secret),
+            ..peppers(&[(1, 1)])
+        };
+        let mut rng = rand::thread_rng();
+        for len in 0..=300 {
+            let key: String = (0..len)
+                .map(|_| char::from(b'a' + (rng.next_u32() % 26) as u8))
+                .collect();
+            let mut reference = Sha256::new();
+            reference.update(secret);
+            reference.update(key.as_bytes());
+            let expected: [u8; 32] = reference.finalize().into();
+            assert_eq!(p.lookup(&key), expected, "length {len}");
+        }
+    }
+
+    #[test]
+    fn lookup_digests_are_stable_per_set_and_fresh_per_set() {
+        let a = peppers(&[(1, 1)]);
+        let b = peppers(&[(1, 1)]);
+        assert_eq!(a.lookup("kw_abc"), a.lookup("kw_abc"));
+        assert_ne!(a.lookup("kw_abc"), a.lookup("kw_abd"));
+        // Same peppers, another secret: nothing about a lookup digest outlives its process.
+        assert_ne!(a.lookup("kw_abc"), b.lookup("kw_abc"));
+        assert_eq!(a.digest("kw_abc"), b.digest("kw_abc"));
+        assert_ne!(a.lookup("kw_abc"), a.digest("kw_abc").bytes);
     }
 
     #[test]

@@ -88,10 +88,11 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     peppers: Arc<Peppers>,
     cache: KeyCache,
-    /// Digests of keys and root keys that were presented and do not exist.
+    /// Lookup digests ([`Peppers::lookup`]) of keys and root keys that were presented and do
+    /// not exist.
     misses: MissCache,
-    /// Root keys by digest. Filled on first use, emptied of a key when it is revoked. Keyed
-    /// like the key cache: digests are already uniform, so they skip SipHash.
+    /// Root keys by lookup digest. Filled on first use, emptied of a key when it is revoked.
+    /// Keyed like the key cache: digests are already uniform, so they skip SipHash.
     root_cache: DashMap<[u8; 32], Arc<Actor>, DigestHashBuilder>,
     root_epoch: AtomicU64,
     /// Rate-limit and quota counters, and last uses waiting to be flushed.
@@ -267,9 +268,8 @@ impl Service {
             if !trusted {
                 return Ok(Some(actor));
             }
-            // Cached under the digest the next lookup computes (the current pepper's), even
-            // if stored under an older pepper's.
-            let lookup = self.peppers.digest(token).bytes;
+            // Cached under the digest the next lookup computes.
+            let lookup = self.peppers.lookup(token);
             self.root_cache.insert(lookup, Arc::clone(&actor));
             // A revocation that raced this load bumped the epoch: do not keep what we read.
             if self.root_epoch.load(Ordering::SeqCst) != epoch {
@@ -278,7 +278,7 @@ impl Service {
             return Ok(Some(actor));
         }
         if trusted {
-            self.misses.insert(self.peppers.digest(token).bytes);
+            self.misses.insert(self.peppers.lookup(token));
         }
         Ok(None)
     }
@@ -295,11 +295,11 @@ impl Service {
         if parsed.prefix != keyfmt::ROOT_PREFIX {
             return Some(None);
         }
-        let current = self.peppers.digest(token);
-        if let Some(actor) = self.root_cache.get(&current.bytes) {
+        let lookup = self.peppers.lookup(token);
+        if let Some(actor) = self.root_cache.get(&lookup) {
             return Some(Some(Arc::clone(actor.value())));
         }
-        if self.misses.contains(&current.bytes) {
+        if self.misses.contains(&lookup) {
             return Some(None);
         }
         None
@@ -1500,14 +1500,16 @@ impl Service {
     /// The cached key for this plaintext, loading it from the store on a miss, or always
     /// while the caches are not trusted at `now_ms` (then nothing is cached either).
     async fn lookup(&self, token: &str, now_ms: i64) -> Result<Option<Arc<CachedKey>>, Error> {
-        let current = self.peppers.digest(token);
+        // In memory, keys are found by their lookup digest; the HMAC only on the way to the
+        // store.
+        let lookup = self.peppers.lookup(token);
         let trusted = self.caches_trusted_at(now_ms);
         if trusted {
-            if let Some(hit) = self.cache.get(&current.bytes) {
+            if let Some(hit) = self.cache.get(&lookup) {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(hit));
             }
-            if self.misses.contains(&current.bytes) {
+            if self.misses.contains(&lookup) {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(None);
             }
@@ -1528,16 +1530,11 @@ impl Service {
             if !trusted {
                 return Ok(Some(Arc::new(cached)));
             }
-            // Cached under the digest the next lookup computes, even if stored under an older
-            // pepper's.
-            return Ok(Some(self.cache.fill_cached_as(
-                cached,
-                &current.bytes,
-                epoch,
-            )));
+            // Cached under the digest the next lookup computes, found by the stored one.
+            return Ok(Some(self.cache.fill_cached_as(cached, &lookup, epoch)));
         }
         if trusted {
-            self.misses.insert(current.bytes);
+            self.misses.insert(lookup);
         }
         Ok(None)
     }

@@ -535,7 +535,8 @@ fn parse_ip_entry(entry: &str) -> Option<IpNet> {
         .ok()
 }
 
-/// The in-memory key cache, keyed by digest bytes.
+/// The in-memory key cache, keyed by lookup digest ([`crate::digest::Peppers::lookup`]) and
+/// invalidated by stored digest, through `aliases`.
 ///
 /// # Why a fill can never resurrect a stale record
 ///
@@ -555,18 +556,19 @@ fn parse_ip_entry(entry: &str) -> Option<IpNet> {
 #[derive(Debug, Default)]
 pub struct KeyCache {
     map: DashMap<[u8; 32], Arc<CachedKey>, DigestHashBuilder>,
-    /// For a key stored under another digest than the one a lookup computes (an older
-    /// pepper's, after a rotation): its stored digest → the lookup digest it is cached under,
-    /// so that invalidating it by its stored digest finds it.
+    /// For a key cached under another digest than its stored one (the service caches every
+    /// key under its lookup digest): its stored digest → the digest it is cached under, so
+    /// that invalidating it by its stored digest finds it.
     aliases: DashMap<[u8; 32], [u8; 32], DigestHashBuilder>,
     epoch: AtomicU64,
 }
 
 /// Hashes a digest by its first 8 bytes instead of running SipHash over all 32.
 ///
-/// Security: the map only ever holds HMAC outputs under the server's pepper, which an attacker
-/// can neither predict nor choose, so the bytes are already a uniform hash; an attacker only
-/// chooses lookups, which cannot make buckets collide. Saves 25–90 ns a lookup.
+/// Security: the maps only ever hold keyed digests (HMACs under the pepper, lookup digests
+/// under a per-process secret), which an attacker can neither predict nor choose, so the bytes
+/// are already a uniform hash; an attacker only chooses lookups, which cannot make buckets
+/// collide. Saves 25–90 ns a lookup.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DigestHashBuilder;
 
@@ -620,10 +622,9 @@ impl KeyCache {
         self.fill_cached_as(cached, &digest, epoch_before_load)
     }
 
-    /// [`KeyCache::fill_cached`] under `lookup`, the digest later lookups of the key compute
-    /// (the current pepper's), when it may differ from the stored one (an older pepper's):
-    /// cached under the stored digest, such a key would be looked up in the store on every
-    /// verify.
+    /// [`KeyCache::fill_cached`] under `lookup`, the digest later lookups of the key compute,
+    /// when it differs from the stored one; [`KeyCache::invalidate_key`] by the stored digest
+    /// still finds it.
     pub fn fill_cached_as(
         &self,
         cached: CachedKey,
@@ -667,23 +668,42 @@ impl KeyCache {
 
     /// Forgets one key by id (for change feeds that carry ids, not digests). Bumps the epoch.
     pub fn invalidate_key_id(&self, key_id: &str) {
-        self.bump();
-        self.map.retain(|_, k| k.record.key.id != key_id);
+        self.forget_where(|k| k.record.key.id == key_id);
     }
 
     /// Forgets every key of an api. Bumps the epoch.
     pub fn invalidate_api(&self, api_id: &str) {
-        self.bump();
-        self.map.retain(|_, k| k.record.api.id != api_id);
+        self.forget_where(|k| k.record.api.id == api_id);
     }
 
     /// Forgets every key of a project. Bumps the epoch.
     pub fn invalidate_project(&self, project_id: &str) {
-        self.bump();
-        self.map.retain(|_, k| {
-            k.record.key.project_id.as_deref() != Some(project_id)
-                && k.record.project.as_ref().map(|p| p.id.as_str()) != Some(project_id)
+        self.forget_where(|k| {
+            k.record.key.project_id.as_deref() == Some(project_id)
+                || k.record.project.as_ref().map(|p| p.id.as_str()) == Some(project_id)
         });
+    }
+
+    /// Bumps the epoch, then removes every entry `doomed` picks and their aliases.
+    fn forget_where(&self, doomed: impl Fn(&CachedKey) -> bool) {
+        self.bump();
+        let mut stored = Vec::new();
+        self.map.retain(|_, k| {
+            let keep = !doomed(k);
+            if !keep {
+                stored.push(k.record.key.digest.bytes);
+            }
+            keep
+        });
+        // After the map's locks are released: a fill takes an alias's lock before an entry's.
+        for digest in &stored {
+            self.aliases.remove(digest);
+        }
+    }
+
+    #[cfg(test)]
+    fn alias_count(&self) -> usize {
+        self.aliases.len()
     }
 
     /// Forgets everything. Bumps the epoch.
@@ -1793,6 +1813,15 @@ mod tests {
         assert!(cache.get(&[4; 32]).is_some());
         cache.invalidate_key_id("key_4");
         assert!(cache.is_empty());
+        // Keys cached under lookup digests lose their aliases with them.
+        let e = cache.epoch();
+        cache.fill_cached_as(CachedKey::new(record(6, "api_1", "prj_1")), &[16; 32], e);
+        cache.fill_cached_as(CachedKey::new(record(7, "api_2", "prj_4")), &[17; 32], e);
+        assert_eq!(cache.alias_count(), 2);
+        cache.invalidate_api("api_1");
+        assert_eq!((cache.len(), cache.alias_count()), (1, 1));
+        cache.invalidate_project("prj_4");
+        assert_eq!((cache.len(), cache.alias_count()), (0, 0));
         let e = cache.epoch();
         cache.fill(record(5, "api_1", "prj_1"), e);
         cache.clear();
@@ -1801,10 +1830,17 @@ mod tests {
 
     /// Races a writer (commit, then invalidate) against a reader (epoch, load, fill) many
     /// times: once both are done, the cache never holds a version older than the store's.
+    /// Cached under the stored digest, and under a lookup digest as the service caches keys.
     #[test]
     fn concurrent_fill_never_leaves_a_stale_entry() {
+        concurrent_fill_under(None);
+        concurrent_fill_under(Some([9; 32]));
+    }
+
+    fn concurrent_fill_under(lookup: Option<[u8; 32]>) {
         use std::sync::atomic::AtomicU64;
         let cache = KeyCache::new();
+        let found = lookup.unwrap_or([1; 32]);
         let store_version = AtomicU64::new(0);
         let load = |version: u64| {
             let mut rec = record(1, "api_1", "prj_1");
@@ -1817,14 +1853,17 @@ mod tests {
                     let e = cache.epoch();
                     let v = store_version.load(Ordering::SeqCst);
                     std::hint::spin_loop();
-                    cache.fill(load(v), e);
+                    match lookup {
+                        Some(l) => cache.fill_cached_as(CachedKey::new(load(v)), &l, e),
+                        None => cache.fill(load(v), e),
+                    };
                 });
                 s.spawn(|| {
                     store_version.fetch_add(1, Ordering::SeqCst);
                     cache.invalidate_key(&[1; 32]);
                 });
             });
-            if let Some(hit) = cache.get(&[1; 32]) {
+            if let Some(hit) = cache.get(&found) {
                 assert_eq!(
                     hit.record.key.name,
                     store_version.load(Ordering::SeqCst).to_string()

@@ -185,7 +185,7 @@ impl Fixture {
     }
 
     /// Puts `n` keys straight into the cache (not the store), as a verification miss would
-    /// after loading them: copies of a record `Store::find_key` returned (no project, no
+    /// after loading them (under their lookup digests): copies of a record `Store::find_key` returned (no project, no
     /// permissions, no limits), each with its own id, name and digest. Returns their
     /// plaintexts. Prints the resident memory the cache grew by.
     fn fill_cache(&self, n: usize) -> Vec<KeyMaterial> {
@@ -193,16 +193,21 @@ impl Fixture {
         let plaintexts: Vec<KeyMaterial> = (0..n).map(|_| keyfmt::generate("kw")).collect();
         let digests: Vec<_> = plaintexts
             .iter()
-            .map(|k| self.peppers.digest(k.expose()))
+            .map(|k| {
+                (
+                    self.peppers.digest(k.expose()),
+                    self.peppers.lookup(k.expose()),
+                )
+            })
             .collect();
         let cache = self.service.cache();
         let rss_before = resident_bytes();
-        for (i, digest) in digests.into_iter().enumerate() {
+        for (i, (digest, lookup)) in digests.into_iter().enumerate() {
             let mut record = self.template.clone();
             record.key.id = format!("key_bench{i:020}");
             record.key.name = format!("bench key {i}");
             record.key.digest = digest;
-            cache.fill(record, cache.epoch());
+            cache.fill_cached_as(CachedKey::new(record), &lookup, cache.epoch());
         }
         let rss_after = resident_bytes();
         assert_eq!(cache.len(), n, "every key is cached");
@@ -229,9 +234,10 @@ impl Fixture {
                 record.key.id = format!("key_rules{i:020}");
                 record.key.identity_id = record.key.id.clone();
                 record.key.digest = self.peppers.digest(key.expose());
+                let lookup = self.peppers.lookup(key.expose());
                 if !rules {
                     let cached = CachedKey::with_limits(record, self.service.limits());
-                    cache.fill_cached(cached, cache.epoch());
+                    cache.fill_cached_as(cached, &lookup, cache.epoch());
                     return VerifyRequest {
                         key,
                         ip: Some("10.1.2.3".into()),
@@ -261,7 +267,7 @@ impl Fixture {
                     ..Restrictions::default()
                 });
                 let cached = CachedKey::with_limits(record, self.service.limits());
-                cache.fill_cached(cached, cache.epoch());
+                cache.fill_cached_as(cached, &lookup, cache.epoch());
                 VerifyRequest {
                     key,
                     ip: Some("10.1.2.3".into()),
