@@ -869,6 +869,7 @@ mod tests {
                 revoked_at: None,
                 last_used_at: None,
                 last_used_ip: None,
+                recoverable: false,
                 usage_refilled_at: None,
             },
             api: Api {

@@ -272,6 +272,9 @@ pub struct Key {
     /// UTC midnight (daily) or first of the month (monthly) after it.
     #[serde(skip)]
     pub usage_refilled_at: Option<OffsetDateTime>,
+    /// A sealed copy of the plaintext is kept (the key was created `recoverable`, or
+    /// rotated from such a key, and is not revoked): `POST /v1/keys/{id}/reveal` returns it.
+    pub recoverable: bool,
 }
 
 /// A quota counter as flushed from memory, for every key sharing `identity_id`.

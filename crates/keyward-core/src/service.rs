@@ -713,6 +713,7 @@ impl Service {
             revoked_at: None,
             last_used_at: None,
             last_used_ip: None,
+            recoverable: req.recoverable,
             usage_refilled_at: Some(now),
         };
         let key = Key {
@@ -924,6 +925,7 @@ impl Service {
         self.store
             .delete_key_copy(&key.workspace_id, &key.id)
             .await?;
+        key.recoverable = false;
         let changes =
             serde_json::json!({ "state": "revoked", "revoked_at": rfc3339(key.revoked_at) });
         self.audit(actor, "key.revoke", &key.id, changes).await?;
@@ -1015,12 +1017,12 @@ impl Service {
             new.usage_refilled_at = Some(refilled_at);
         }
         // A recoverable key's successor is recoverable too.
-        if self
+        new.recoverable = self
             .store
             .key_copy(&old.workspace_id, &old.id)
             .await?
-            .is_some()
-        {
+            .is_some();
+        if new.recoverable {
             let sealed = self
                 .data_key(&new.workspace_id)
                 .await?
@@ -1455,6 +1457,13 @@ impl Service {
             if !updated {
                 // Revoked meanwhile: nothing left to shut off.
                 return Ok(false);
+            }
+            if key.state == KeyState::Revoked {
+                // As for any revoked key: its copy has no use left.
+                self.store
+                    .delete_key_copy(&key.workspace_id, &key.id)
+                    .await?;
+                key.recoverable = false;
             }
         }
         let actor = leak_actor(&key.workspace_id, reporter);

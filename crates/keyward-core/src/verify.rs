@@ -1254,6 +1254,7 @@ mod tests {
                 revoked_at: None,
                 last_used_at: None,
                 last_used_ip: None,
+                recoverable: false,
                 usage_refilled_at: None,
             },
             api: Api {

@@ -349,6 +349,7 @@ fn record_with_ips(ips: Vec<String>) -> Arc<CachedKey> {
             revoked_at: None,
             last_used_at: None,
             last_used_ip: None,
+            recoverable: false,
             usage_refilled_at: None,
         },
         api: Api {

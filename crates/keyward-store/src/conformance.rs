@@ -271,6 +271,7 @@ pub fn key(workspace_id: &str, api_id: &str, project_id: Option<&str>, now: Offs
         revoked_at: None,
         last_used_at: Some(now + Duration::minutes(5)),
         last_used_ip: Some("2001:db8::7".to_owned()),
+        recoverable: false,
         usage_refilled_at: Some(now),
     }
 }
@@ -296,6 +297,7 @@ pub fn bare_key(
         state_reason: None,
         last_used_at: None,
         last_used_ip: None,
+        recoverable: false,
         usage_refilled_at: None,
         ..key(workspace_id, api_id, None, now)
     }

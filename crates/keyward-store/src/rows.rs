@@ -227,6 +227,7 @@ pub(crate) struct KeyRow {
     usage_remaining: Option<i64>,
     usage_refilled_at: Option<i64>,
     last_used_ip: Option<String>,
+    recoverable: bool,
 }
 
 impl TryFrom<KeyRow> for Key {
@@ -267,6 +268,7 @@ impl TryFrom<KeyRow> for Key {
             last_used_at: r.last_used_at.map(from_unix_ms),
             identity_id: r.identity_id,
             last_used_ip: r.last_used_ip,
+            recoverable: r.recoverable,
             usage_refilled_at: r.usage_refilled_at.map(from_unix_ms),
         })
     }
@@ -395,6 +397,7 @@ mod tests {
             usage_remaining: None,
             usage_refilled_at: None,
             last_used_ip: None,
+            recoverable: false,
         }
     }
 

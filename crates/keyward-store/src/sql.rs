@@ -37,7 +37,9 @@ macro_rules! key_cols {
          k.created_at AS created_at, k.updated_at AS updated_at, k.revoked_at AS revoked_at, \
          k.last_used_at AS last_used_at, k.identity_id AS identity_id, \
          k.usage_remaining AS usage_remaining, k.usage_refilled_at AS usage_refilled_at, \
-         k.last_used_ip AS last_used_ip"
+         k.last_used_ip AS last_used_ip, \
+         (k.state <> 'revoked' \
+          AND EXISTS (SELECT 1 FROM key_copies c WHERE c.key_id = k.id)) AS recoverable"
     };
 }
 

@@ -100,6 +100,7 @@ fn record(id: &str) -> VerifyRecord {
             revoked_at: None,
             last_used_at: None,
             last_used_ip: None,
+            recoverable: false,
             usage_refilled_at: None,
         },
         api: Api {

@@ -37,6 +37,12 @@ async fn a_recoverable_key_is_revealed_with_keys_write_and_every_reveal_is_audit
         .create_key(&json!({"api_id": api["id"], "name": "k", "recoverable": true}))
         .await;
     let (id, key) = (str_of(&created, "id"), str_of(&created, "key"));
+    // The key says it can be revealed, when created, read and listed.
+    assert_eq!(created["recoverable"], true);
+    assert_eq!(
+        http.get(&format!("/v1/keys/{id}")).await.expect(200)["recoverable"],
+        true
+    );
 
     let revealed = reveal(&http, id).await;
     assert_eq!(revealed.header("cache-control"), Some("no-store"));
@@ -70,6 +76,24 @@ async fn a_recoverable_key_is_revealed_with_keys_write_and_every_reveal_is_audit
     let plain = http
         .create_key(&json!({"api_id": api["id"], "name": "plain"}))
         .await;
+    assert_eq!(plain["recoverable"], false);
+    let listed = http
+        .get(&format!("/v1/keys?api_id={}", str_of(&api, "id")))
+        .await
+        .expect(200);
+    let flags: Vec<(String, Value)> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|k| (str_of(k, "name").to_owned(), k["recoverable"].clone()))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("k".to_owned(), json!(true)),
+            ("plain".to_owned(), json!(false))
+        ]
+    );
     reveal(&http, str_of(&plain, "id"))
         .await
         .expect_problem(409, "key_not_recoverable");
@@ -124,12 +148,16 @@ async fn recoverable_keys_survive_a_restart_rotate_to_recoverable_keys_and_die_w
         .await
         .expect(201);
     let new_id = str_of(&rotated, "id");
+    assert_eq!(rotated["recoverable"], true);
     assert_eq!(
         reveal(&http, new_id).await.expect(200)["key"],
         rotated["key"]
     );
 
-    http.delete(&format!("/v1/keys/{new_id}")).await.expect(200);
+    let revoked = http.delete(&format!("/v1/keys/{new_id}")).await.expect(200);
+    assert_eq!(revoked["recoverable"], false, "its copy is gone");
+    let read = http.get(&format!("/v1/keys/{new_id}")).await.expect(200);
+    assert_eq!(read["recoverable"], false);
     reveal(&http, new_id)
         .await
         .expect_problem(409, "key_revoked");
