@@ -110,10 +110,11 @@ end
 return out
 ";
 
-/// A Redis URL that cannot be used; the message names what is wrong, never the password.
+/// A Redis URL or CA certificate that cannot be used; the message names what is wrong,
+/// never the password.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid Redis URL: {0}")]
-pub struct InvalidRedisUrl(String);
+#[error("{0}")]
+pub struct InvalidRedisConfig(String);
 
 /// Counters on one Redis server (or a Sentinel-managed primary behind one address). Keys
 /// are `{prefix}:rl:{k|p}:{owner}:{limit}` and `{prefix}:q:{identity}`.
@@ -144,12 +145,20 @@ impl fmt::Debug for RedisCounters {
 }
 
 impl RedisCounters {
-    /// Counters on the Redis at `url` (`redis://[user:password@]host[:port][/db]` or
-    /// `redis+unix:///path`), under `prefix`. Connects once (for up to 2 s); if Redis cannot
-    /// be reached the node starts anyway, counting on its own, and keeps trying. Only a URL
-    /// that cannot be used at all is an error. Call from within a Tokio runtime.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, InvalidRedisUrl> {
-        let client = redis::Client::open(url).map_err(|e| InvalidRedisUrl(describe(&e)))?;
+    /// Counters on the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
+    /// `rediss://…` for TLS, or `redis+unix:///path`), under `prefix`. Over TLS the server's
+    /// certificate must chain to `ca_pem` (PEM certificates) if given, else to the public CAs
+    /// built in (Mozilla's), and name the URL's host.
+    ///
+    /// Connects once (for up to 2 s); if Redis cannot be reached (a failed TLS handshake
+    /// included) the node starts anyway, counting on its own, and keeps trying. Only a URL or
+    /// CA that cannot be used at all is an error. Call from within a Tokio runtime.
+    pub async fn connect(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        prefix: &str,
+    ) -> Result<Self, InvalidRedisConfig> {
+        let client = client(url, ca_pem)?;
         let counters = Self {
             inner: Arc::new(Inner {
                 client,
@@ -173,6 +182,42 @@ impl RedisCounters {
         &self.inner.prefix
     }
 }
+
+/// A client for `url`, trusting `ca_pem` over TLS if given.
+fn client(url: &str, ca_pem: Option<&[u8]>) -> Result<redis::Client, InvalidRedisConfig> {
+    let invalid_url =
+        |e: redis::RedisError| InvalidRedisConfig(format!("invalid Redis URL: {}", describe(&e)));
+    let Some(pem) = ca_pem else {
+        return redis::Client::open(url).map_err(invalid_url);
+    };
+    if !url.trim_start().starts_with("rediss://") {
+        return Err(InvalidRedisConfig(
+            "a Redis CA certificate is only used over TLS: the URL must start with rediss://"
+                .to_owned(),
+        ));
+    }
+    // Security: redis-rs would take a file without certificates as an empty trust store, and
+    // then no server would ever verify; say so now instead.
+    if !pem
+        .windows(CERT_BEGIN.len())
+        .any(|w| w == CERT_BEGIN.as_bytes())
+    {
+        return Err(InvalidRedisConfig(
+            "the Redis CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_owned(),
+        ));
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(invalid_url)?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    };
+    redis::Client::build_with_tls(info, certs).map_err(|e| {
+        // Security: about the PEM, which is public; no URL in it.
+        InvalidRedisConfig(format!("the Redis CA file: {e}"))
+    })
+}
+
+const CERT_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 
 impl Inner {
     /// Connects and loads the script.
@@ -245,7 +290,14 @@ impl Inner {
 
 /// A redis error without the URL or any reply text that could echo arguments.
 fn describe(e: &redis::RedisError) -> String {
-    format!("{:?}: {}", e.kind(), e.category())
+    // Security: a Redis error may quote the URL, password included; its kind and category
+    // never do, nor does an I/O error's own message (a refused connection, a failed TLS
+    // handshake: "invalid peer certificate: UnknownIssuer"), which says what went wrong.
+    if e.kind() == redis::ErrorKind::IoError {
+        format!("{:?}: {e}", e.kind())
+    } else {
+        format!("{:?}: {}", e.kind(), e.category())
+    }
 }
 
 #[async_trait]

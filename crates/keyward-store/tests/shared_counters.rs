@@ -143,7 +143,7 @@ async fn shared_counters_decide_exactly_as_one_nodes_own_counters_do() {
     let Some(prefix) = Prefix::fresh() else {
         return;
     };
-    let counters = RedisCounters::connect(REDIS_URL, &prefix.0)
+    let counters = RedisCounters::connect(REDIS_URL, None, &prefix.0)
         .await
         .expect("valid url");
     assert!(counters.is_up());
@@ -188,7 +188,7 @@ async fn nodes_sharing_counters_admit_exactly_the_limit_under_concurrency() {
         return;
     };
     let counters = Arc::new(
-        RedisCounters::connect(REDIS_URL, &prefix.0)
+        RedisCounters::connect(REDIS_URL, None, &prefix.0)
             .await
             .expect("valid url"),
     );
@@ -224,7 +224,7 @@ async fn without_redis_each_node_decides_alone_and_says_redis_is_down() {
         .and_then(|l| l.local_addr())
         .expect("a free port");
     let started = std::time::Instant::now();
-    let counters = RedisCounters::connect(&format!("redis://{dead}"), "kw")
+    let counters = RedisCounters::connect(&format!("redis://{dead}"), None, "kw")
         .await
         .expect("a well-formed url is accepted even when nothing answers");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -247,7 +247,27 @@ async fn without_redis_each_node_decides_alone_and_says_redis_is_down() {
 #[tokio::test]
 async fn a_url_that_is_not_redis_is_refused() {
     for url in ["http://127.0.0.1:6379", "redis://user:pw@", "not a url"] {
-        let err = RedisCounters::connect(url, "kw").await.expect_err(url);
+        let err = RedisCounters::connect(url, None, "kw")
+            .await
+            .expect_err(url);
         assert!(!err.to_string().contains("pw@"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn a_ca_file_needs_tls_and_a_certificate() {
+    let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let err = RedisCounters::connect("redis://:pw@127.0.0.1:6379", Some(cert), "kw")
+        .await
+        .expect_err("a CA without TLS");
+    assert!(err.to_string().contains("rediss://"), "{err}");
+    let err = RedisCounters::connect("rediss://:pw@127.0.0.1:6379", Some(b"not pem"), "kw")
+        .await
+        .expect_err("a CA file without a certificate");
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+    let err = RedisCounters::connect("rediss://:pw@127.0.0.1:6379", Some(cert), "kw")
+        .await
+        .expect_err("a certificate that is not DER");
+    assert!(err.to_string().contains("CA file"), "{err}");
+    assert!(!err.to_string().contains("pw"), "{err}");
 }

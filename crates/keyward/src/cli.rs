@@ -13,7 +13,7 @@ KEYWARD_DATABASE_URL_FILE), KEYWARD_PEPPER_FILE, KEYWARD_MASTER_KEY_FILE,
 KEYWARD_LOG_FORMAT, KEYWARD_WORKERS,
 KEYWARD_ACCESS_LOG_RETENTION, KEYWARD_ROLLUP_RETENTION, KEYWARD_RECORD_VERIFICATIONS,
 KEYWARD_NODE_NAME, KEYWARD_REDIS_URL (or KEYWARD_REDIS_URL_FILE), KEYWARD_REDIS_PREFIX,
-KEYWARD_LOG (log filter, e.g. \"info,keyward_server=debug\").";
+KEYWARD_REDIS_CA_FILE, KEYWARD_LOG (log filter, e.g. \"info,keyward_server=debug\").";
 
 const HTTP_HELP: &str = "\
 Talks to a running server over HTTP. Prefer the environment to flags, so that the root key
@@ -157,8 +157,8 @@ pub struct ServeArgs {
     /// Also run the gateway described by this file (gateway.toml), on its own listener.
     #[arg(long, value_name = "FILE")]
     pub gateway: Option<PathBuf>,
-    /// `redis://…`: share rate-limit and quota counters with every node using it [default:
-    /// none, each node counts on its own].
+    /// `redis://…` (`rediss://…` for TLS): share rate-limit and quota counters with every
+    /// node using it [default: none, each node counts on its own].
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
 }
@@ -193,7 +193,8 @@ pub struct GatewayArgs {
     /// Worker threads [default: available cores]; 1 runs everything on one thread.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
-    /// `redis://…`: share rate-limit and quota counters with every node using it.
+    /// `redis://…` (`rediss://…` for TLS): share rate-limit and quota counters with every
+    /// node using it.
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
 }

@@ -49,6 +49,9 @@ struct FileConfig {
     redis_url_file: Option<PathBuf>,
     /// What every Redis key of this deployment starts with [default: "keyward"].
     redis_prefix: Option<String>,
+    /// PEM certificates of the CA a `rediss://` server's certificate must chain to
+    /// [default: the public CAs built in].
+    redis_ca_file: Option<PathBuf>,
 }
 
 /// Where the database URL came from, so it is only derived from the data dir when unset.
@@ -83,6 +86,8 @@ pub struct Config {
 pub struct RedisSettings {
     pub url: String,
     pub prefix: String,
+    /// The CA a `rediss://` server's certificate must chain to, if not a public one.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -91,6 +96,7 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -128,6 +134,7 @@ impl Config {
         };
         let mut redis_url: Option<String> = None;
         let mut redis_prefix = DEFAULT_REDIS_PREFIX.to_owned();
+        let mut redis_ca_file: Option<PathBuf> = None;
 
         // Layer 2: the file.
         if file.database_url.is_some() && file.database_url_file.is_some() {
@@ -195,6 +202,9 @@ impl Config {
         }
         if let Some(v) = file.redis_prefix {
             redis_prefix = v;
+        }
+        if let Some(v) = file.redis_ca_file {
+            redis_ca_file = Some(v);
         }
 
         // Layer 3: the environment.
@@ -272,6 +282,9 @@ impl Config {
         if let Some(v) = env("KEYWARD_REDIS_PREFIX") {
             redis_prefix = v.trim().to_owned();
         }
+        if let Some(v) = env("KEYWARD_REDIS_CA_FILE") {
+            redis_ca_file = Some(PathBuf::from(v.trim()));
+        }
 
         // Layer 4: flags.
         if let Some(v) = args.listen {
@@ -299,10 +312,22 @@ impl Config {
             redis_url = Some(v.clone());
         }
         let redis = match redis_url {
-            Some(url) => Some(RedisSettings {
-                url: redis_url_checked(url)?,
-                prefix: redis_prefix_checked(redis_prefix)?,
-            }),
+            Some(url) => {
+                let url = redis_url_checked(url)?;
+                if redis_ca_file.is_some() && !url.starts_with("rediss://") {
+                    bail!(
+                        "redis CA file: set for a URL without TLS; it is only used with rediss://"
+                    );
+                }
+                Some(RedisSettings {
+                    url,
+                    prefix: redis_prefix_checked(redis_prefix)?,
+                    ca_file: redis_ca_file,
+                })
+            }
+            None if redis_ca_file.is_some() => {
+                bail!("redis CA file: set without a Redis URL")
+            }
             None => None,
         };
 
@@ -373,16 +398,20 @@ fn retention(what: &str, value: &str) -> anyhow::Result<std::time::Duration> {
 }
 
 /// This machine's host name, the default node name in access-log events.
-/// A Redis URL keyward can use: `redis://` or `redis+unix://` (checked again, fully, when
-/// connecting; this catches the common mistakes before anything starts).
+/// A Redis URL keyward can use: `redis://`, `rediss://` (TLS) or `redis+unix://` (checked
+/// again, fully, when connecting; this catches the common mistakes before anything starts).
 fn redis_url_checked(url: String) -> anyhow::Result<String> {
     let url = url.trim().to_owned();
-    if url.starts_with("rediss://") {
-        bail!("redis url: TLS (rediss://) is not supported yet; use redis:// over a private network or a TLS tunnel");
+    if url.contains("#insecure") {
+        // Security: redis-rs reads this fragment as "do not verify the server's certificate".
+        bail!("redis url: #insecure is refused: the server's certificate is always verified (redis_ca_file names a private CA)");
     }
-    if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+    if !["redis://", "rediss://", "redis+unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
         bail!(
-            "redis url: {:?} is not a redis:// or redis+unix:// URL",
+            "redis url: {:?} is not a redis://, rediss:// or redis+unix:// URL",
             redact_url(&url)
         );
     }
@@ -556,8 +585,11 @@ mod tests {
         assert_eq!(redis.prefix, "blue");
 
         for (url, says) in [
-            ("rediss://cache", "TLS (rediss://) is not supported"),
-            ("cache:6379", "is not a redis:// or redis+unix:// URL"),
+            ("rediss://cache#insecure", "#insecure is refused"),
+            (
+                "cache:6379",
+                "is not a redis://, rediss:// or redis+unix:// URL",
+            ),
         ] {
             let err = load(&ServeArgs::default(), &[("KEYWARD_REDIS_URL", url)])
                 .expect_err(url)
@@ -574,6 +606,31 @@ mod tests {
         .expect_err("a prefix with a space")
         .to_string();
         assert!(err.contains("redis prefix"), "{err}");
+
+        // TLS, with a private CA from the file, then the environment.
+        let (_file, args) = with_file(
+            "redis_url = \"rediss://:pw@cache:6380\"\nredis_ca_file = \"/etc/keyward/ca.pem\"\n",
+        );
+        let redis = load(&args, &[]).expect("rediss").redis.expect("redis");
+        assert_eq!(redis.url, "rediss://:pw@cache:6380");
+        assert_eq!(redis.ca_file, Some(PathBuf::from("/etc/keyward/ca.pem")));
+        let redis = load(&args, &[("KEYWARD_REDIS_CA_FILE", "/run/ca.pem")])
+            .expect("env")
+            .redis
+            .expect("redis");
+        assert_eq!(redis.ca_file, Some(PathBuf::from("/run/ca.pem")));
+        for env in [
+            &[
+                ("KEYWARD_REDIS_URL", "redis://c"),
+                ("KEYWARD_REDIS_CA_FILE", "/ca.pem"),
+            ][..],
+            &[("KEYWARD_REDIS_CA_FILE", "/ca.pem")][..],
+        ] {
+            let err = load(&ServeArgs::default(), env)
+                .expect_err("a CA file without TLS")
+                .to_string();
+            assert!(err.contains("redis CA file"), "{err}");
+        }
     }
 
     #[test]

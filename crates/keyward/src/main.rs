@@ -134,6 +134,72 @@ fn report(e: &anyhow::Error) {
                 eprintln!("request id: {id}");
             }
         }
-        _ => eprintln!("error: {e:#}"),
+        _ => eprintln!("error: {}", chain_text(e)),
+    }
+}
+
+/// `e` and its causes joined by ": ", as `{:#}` prints them, but without a cause the text so
+/// far already ends with: many errors print their source themselves (sqlx's, ours), and
+/// `{:#}` would repeat it once per layer.
+fn chain_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_text;
+
+    use std::fmt;
+
+    /// An error that prints its source, as sqlx's and keyward's store errors do.
+    #[derive(Debug)]
+    struct Wraps(Inner);
+
+    impl fmt::Display for Wraps {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "storage backend unavailable: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Wraps {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[derive(Debug)]
+    struct Inner;
+
+    impl fmt::Display for Inner {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("invalid peer certificate: UnknownIssuer")
+        }
+    }
+
+    impl std::error::Error for Inner {}
+
+    #[test]
+    fn a_cause_its_wrapper_already_printed_is_not_repeated() {
+        let e = anyhow::Error::new(Wraps(Inner)).context("cannot migrate");
+        assert_eq!(
+            chain_text(&e),
+            "cannot migrate: storage backend unavailable: invalid peer certificate: UnknownIssuer"
+        );
+        let e = anyhow::Error::new(Inner).context("redis CA file");
+        assert_eq!(
+            chain_text(&e),
+            "redis CA file: invalid peer certificate: UnknownIssuer"
+        );
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use support::http::{code_of, str_of, Http};
 use support::redis::{OwnRedis, RedisPrefix};
+use support::tls::TestCa;
 use support::{keyward, spawn_app_env, stderr_text, TestApp};
 
 use support::http::concurrent_codes as concurrent_on;
@@ -241,14 +242,87 @@ async fn a_node_starts_without_redis_and_counts_on_its_own() {
     );
 }
 
+/// Over TLS (`rediss://`) with the server's CA in `KEYWARD_REDIS_CA_FILE`, two nodes count
+/// together as over plain TCP. A node without that CA (the public ones only) refuses the
+/// server's certificate, never sends it a counter, and counts on its own.
+#[tokio::test]
+async fn nodes_count_together_over_tls_and_never_trust_an_unknown_certificate() {
+    let ca = TestCa::new();
+    let redis = OwnRedis::start_tls(&ca);
+    let ca_file = ca.ca_cert.to_str().expect("a UTF-8 path");
+    let env = [
+        ("KEYWARD_REDIS_URL", redis.url.as_str()),
+        ("KEYWARD_REDIS_CA_FILE", ca_file),
+    ];
+    let app = spawn_app_env(false, &env).expect("SQLite needs no server");
+    let node = app.another_node();
+    let a = Http::new(&app);
+    let b = a.on(&node.url());
+    assert_eq!(shared_up(&a).await, Some(1), "{}", app.logs());
+    assert_eq!(shared_up(&b).await, Some(1));
+    let api = a.create_api("orders", "ord").await;
+    let (_, limited) = new_key(
+        &a,
+        &api,
+        None,
+        json!({"rate_limits": [{"name": "default", "limit": 25, "period": "1h"}]}),
+    )
+    .await;
+    let (valid, codes) = concurrent_on(&[&a, &b], &json!({ "key": limited }), 100).await;
+    assert_eq!(valid, 25, "{codes:?}");
+    assert_eq!(redis.keys("keyward:rl:*").len(), 1);
+
+    // The same server, trusted through the public CAs only: the handshake fails.
+    let untrusting = spawn_app_env(false, &[("KEYWARD_REDIS_URL", redis.url.as_str())])
+        .expect("SQLite needs no server");
+    let c = Http::new(&untrusting);
+    assert_eq!(shared_up(&c).await, Some(0));
+    let logs = untrusting.logs();
+    assert!(
+        logs.contains("Redis is unreachable") && logs.contains("UnknownIssuer"),
+        "{logs}"
+    );
+    let api = c.create_api("orders", "ord").await;
+    let (_, own) = new_key(
+        &c,
+        &api,
+        None,
+        json!({"rate_limits": [{"name": "default", "limit": 3, "period": "1h"}]}),
+    )
+    .await;
+    let (valid, _) = concurrent_on(&[&c], &json!({ "key": own }), 10).await;
+    assert_eq!(valid, 3, "counted on the node itself");
+    assert_eq!(redis.keys("keyward:rl:*").len(), 1, "nothing reached Redis");
+
+    // A CA file that cannot be read or holds no certificate stops the start, saying why.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    for (file, says) in [
+        (dir.path().join("missing.pem"), "cannot read"),
+        (empty, "no PEM certificate"),
+    ] {
+        let out = keyward(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--redis-url", &redis.url])
+            .env("KEYWARD_REDIS_CA_FILE", &file)
+            .output()
+            .expect("run keyward serve");
+        assert!(!out.status.success(), "{} was accepted", file.display());
+        let err = stderr_text(&out);
+        assert!(err.contains(says), "{}: {err}", file.display());
+    }
+}
+
 #[test]
 fn a_redis_url_keyward_cannot_use_is_refused_at_start_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (url, says) in [
-        ("rediss://cache:6380", "TLS (rediss://) is not supported"),
+        ("rediss://cache:6380/#insecure", "#insecure is refused"),
         (
             "http://cache:6379",
-            "is not a redis:// or redis+unix:// URL",
+            "is not a redis://, rediss:// or redis+unix:// URL",
         ),
         ("redis://user:hunter2@", "invalid Redis URL"),
     ] {

@@ -62,7 +62,14 @@ pub async fn open_service(config: &Config) -> anyhow::Result<Arc<Service>> {
     })?;
     service.set_master_key(Arc::new(master));
     if let Some(redis) = &config.redis {
-        let counters = RedisCounters::connect(&redis.url, &redis.prefix)
+        let ca = match &redis.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("redis CA file: cannot read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let counters = RedisCounters::connect(&redis.url, ca.as_deref(), &redis.prefix)
             .await
             .with_context(|| format!("redis url {}", redact_url(&redis.url)))?;
         service.set_shared_counters(Arc::new(counters));

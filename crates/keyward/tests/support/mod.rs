@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod redis;
+pub mod tls;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -271,6 +272,13 @@ pub fn spawn_app_env(postgres: bool, env: &[(&str, &str)]) -> Option<TestApp> {
     Some(spawn_full(Some(url), Some(db), "info", env))
 }
 
+/// Like [`spawn_app_pg`], with `params` (e.g. `sslmode=require`) as the database URL's query.
+pub fn spawn_app_pg_params(params: &str) -> Option<TestApp> {
+    let db = fresh_pg_database()?;
+    let url = format!("{}?{params}", db.url);
+    Some(spawn_full(Some(url), Some(db), "info", Vec::new()))
+}
+
 fn spawn_with(database_url: Option<String>, db: Option<PgDatabase>) -> TestApp {
     spawn_with_log(database_url, db, "info")
 }
@@ -431,6 +439,12 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
+    /// A fresh database; `None` (after a notice) when PostgreSQL is unreachable, a panic
+    /// instead under `CI=true`.
+    pub fn fresh() -> Option<Self> {
+        fresh_pg_database()
+    }
+
     fn create() -> Result<Self, String> {
         let name = format!("kw_bb_{:016x}", rand::random::<u64>());
         let sql = format!("CREATE DATABASE {name}");
@@ -478,6 +492,25 @@ fn run_pg_sql(url: String, sql: String) -> Result<(), String> {
     })
 }
 
+/// The integers of the one row `sql` selects on the admin database.
+pub fn admin_query_ints(sql: String) -> Result<Vec<i64>, String> {
+    on_own_runtime(move || async move {
+        use sqlx::{Connection as _, Row as _};
+        let mut conn = sqlx::PgConnection::connect(PG_ADMIN_URL)
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = sqlx::query(&sql)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ints = (0..row.len())
+            .map(|i| row.try_get::<i64, _>(i).map_err(|e| e.to_string()))
+            .collect();
+        conn.close().await.map_err(|e| e.to_string())?;
+        ints
+    })
+}
+
 /// Runs one statement on the SQLite database `file`, beside the server using it.
 pub fn run_sqlite_sql(file: &Path, sql: String) -> Result<(), String> {
     let url = format!("sqlite://{}", file.display());
@@ -503,10 +536,11 @@ pub fn run_sqlite_sql(file: &Path, sql: String) -> Result<(), String> {
 
 /// Runs `work` on a fresh thread with its own runtime, so that it works both inside and
 /// outside an async test (and from `Drop`).
-fn on_own_runtime<F, Fut>(work: F) -> Result<(), String>
+fn on_own_runtime<T, F, Fut>(work: F) -> Result<T, String>
 where
+    T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
