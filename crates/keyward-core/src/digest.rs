@@ -4,9 +4,10 @@
 //! them keep verifying ([`Peppers::candidates`]), and [`DigestVersion::Sha256`] covers keys
 //! imported from systems that stored a plain SHA-256.
 //!
-//! The in-memory caches index keys by a cheaper [`Peppers::lookup`] digest instead: SHA-256
-//! over a secret drawn at start, never stored, and then the key. One compression where the
-//! HMAC takes two; the HMAC is computed only when a key is not in memory.
+//! The in-memory caches index keys by a cheaper [`Peppers::lookup`] digest instead: one
+//! SHA-256 compression of the key, keyed by a secret drawn at start and never stored, where the
+//! HMAC takes two (three for a key over 55 bytes); the HMAC is computed only when a key is not
+//! in memory.
 //!
 //! # Pepper file
 //!
@@ -114,6 +115,11 @@ fn sha256_after_block(state: &[u32; 8], msg: &[u8]) -> [u8; 32] {
             std::slice::from_ref(GenericArray::from_slice(block)),
         );
     }
+    state_bytes(s)
+}
+
+/// A SHA-256 state as its 32 big-endian bytes (the digest, after the last block).
+fn state_bytes(s: [u32; 8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (bytes, word) in out.chunks_exact_mut(4).zip(s) {
         bytes.copy_from_slice(&word.to_be_bytes());
@@ -135,9 +141,10 @@ impl Drop for WipedBlocks {
 pub struct Peppers {
     /// Never empty; sorted by version, highest first.
     peppers: Vec<Pepper>,
-    /// SHA-256's state after absorbing 64 bytes from the OS CSPRNG, drawn when the set is
-    /// built and never written anywhere: the key of [`Peppers::lookup`].
+    /// SHA-256 states after absorbing 64 bytes from the OS CSPRNG each, drawn when the set is
+    /// built and never written anywhere: the keys of [`Peppers::lookup`], one per encoding.
     lookup: Zeroizing<[u32; 8]>,
+    lookup_long: Zeroizing<[u32; 8]>,
 }
 
 impl fmt::Debug for Peppers {
@@ -181,11 +188,15 @@ impl Peppers {
             peppers.push(Pepper::new(version, secret));
         }
         peppers.sort_by_key(|p| std::cmp::Reverse(p.version));
-        let mut block = Zeroizing::new([0u8; 64]);
-        rand::rngs::OsRng.fill_bytes(&mut *block);
+        let secret = || {
+            let mut block = Zeroizing::new([0u8; 64]);
+            rand::rngs::OsRng.fill_bytes(&mut *block);
+            lookup_state(&block)
+        };
         Ok(Self {
             peppers,
-            lookup: lookup_state(&block),
+            lookup: secret(),
+            lookup_long: secret(),
         })
     }
 
@@ -216,17 +227,35 @@ impl Peppers {
         self.peppers.iter().map(|p| p.version).collect()
     }
 
-    /// What the in-memory caches index `key` by: SHA-256 of this process's 64-byte lookup
-    /// secret followed by the key, one compression for a well-formed key (the HMAC of
-    /// [`Peppers::digest`] takes two).
+    /// What the in-memory caches index `key` by: one SHA-256 compression keyed by this
+    /// process's secret chaining value, of the key zero-padded to one block, for a key of up
+    /// to 64 bytes without a NUL (every well-formed key with a prefix of up to 15 characters;
+    /// the HMAC of [`Peppers::digest`] takes two compressions, three over 55 bytes). Any other
+    /// key: SHA-256, standard padding, continued from a second secret state.
     ///
-    /// Security: only keys whose stored digest was confirmed are cached under it, and finding
-    /// another key with the same lookup digest is a SHA-256 second preimage under a secret
-    /// prefix, so a hit proves the key as the stored digest does. The length extension of a
-    /// secret-prefix hash does not apply: nothing outside the process ever sees an output.
-    /// Never stored, never compared with anything but other lookup digests of this process.
+    /// Security: keyed through its chaining value, SHA-256's compression function is a PRF
+    /// (the assumption HMAC's proof rests on), and each encoding is injective: zero padding on
+    /// NUL-free strings of fixed block length, SHA-256's own padding on the rest, under
+    /// independent keys. So finding another key with a cached key's lookup digest means
+    /// predicting a PRF: a hit proves the key as the stored digest does, and only keys whose
+    /// stored digest was confirmed are cached. Nothing outside the process ever sees an
+    /// output, so length extension does not arise; never stored, never compared with
+    /// anything but this process's own lookup digests.
     pub fn lookup(&self, key: &str) -> [u8; 32] {
-        sha256_after_block(&self.lookup, key.as_bytes())
+        let bytes = key.as_bytes();
+        if bytes.len() > 64 || bytes.contains(&0) {
+            return sha256_after_block(&self.lookup_long, bytes);
+        }
+        // Security: the block is key material; wiped when dropped.
+        let mut buf = WipedBlocks([0u8; 128]);
+        let block = &mut buf.0[..64];
+        block[..bytes.len()].copy_from_slice(bytes);
+        let mut s = *self.lookup;
+        sha2::compress256(
+            &mut s,
+            std::slice::from_ref(GenericArray::from_slice(block)),
+        );
+        state_bytes(s)
     }
 
     /// The digest to store for a new key: HMAC-SHA256 under the current pepper.
@@ -497,24 +526,52 @@ mod tests {
     }
 
     #[test]
-    fn lookup_is_sha256_of_the_secret_then_the_key_at_every_padding_boundary() {
-        let mut secret = [0u8; 64];
-        rand::thread_rng().fill_bytes(&mut secret);
+    fn lookup_compresses_short_keys_once_and_hashes_the_rest_under_another_secret() {
+        let mut rng = rand::thread_rng();
+        let (mut short, mut long) = ([0u8; 64], [0u8; 64]);
+        rng.fill_bytes(&mut short);
+        rng.fill_bytes(&mut long);
         let p = Peppers {
-            lookup: lookup_state(&secret),
+            lookup: lookup_state(&short),
+            lookup_long: lookup_state(&long),
             ..peppers(&[(1, 1)])
         };
-        let mut rng = rand::thread_rng();
+        // By hand: from SHA-256's IV, the secret block, then the key zero-padded to a block,
+        // and no SHA-256 padding after it. (sha2's compression function itself is checked
+        // against its hasher by the HMAC tests above.)
+        let compress_once = |secret: &[u8; 64], block: &[u8]| {
+            let mut state = SHA256_IV;
+            for b in [&secret[..], block] {
+                sha2::compress256(
+                    &mut state,
+                    std::slice::from_ref(GenericArray::from_slice(b)),
+                );
+            }
+            state_bytes(state)
+        };
         for len in 0..=300 {
             let key: String = (0..len)
                 .map(|_| char::from(b'a' + (rng.next_u32() % 26) as u8))
                 .collect();
-            let mut reference = Sha256::new();
-            reference.update(secret);
-            reference.update(key.as_bytes());
-            let expected: [u8; 32] = reference.finalize().into();
+            let expected = if len <= 64 {
+                let mut block = [0u8; 64];
+                block[..len].copy_from_slice(key.as_bytes());
+                compress_once(&short, &block)
+            } else {
+                let mut reference = Sha256::new();
+                reference.update(long);
+                reference.update(key.as_bytes());
+                reference.finalize().into()
+            };
             assert_eq!(p.lookup(&key), expected, "length {len}");
         }
+        // A NUL would make zero padding ambiguous: such a key takes the long way.
+        let mut reference = Sha256::new();
+        reference.update(long);
+        reference.update(b"kw\0");
+        let expected: [u8; 32] = reference.finalize().into();
+        assert_eq!(p.lookup("kw\0"), expected);
+        assert_ne!(p.lookup("kw\0"), p.lookup("kw"));
     }
 
     #[test]
