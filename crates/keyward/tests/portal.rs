@@ -125,6 +125,13 @@ fn secret_of(page: &str) -> String {
     rest[..rest.find('<').expect("end")].trim().to_owned()
 }
 
+/// The path of the first key page `page` links to (`/keys/key_…`).
+fn key_link_of(page: &str) -> String {
+    let at = page.find("href=\"/keys/").expect("link to the key");
+    let rest = &page[at + 6..];
+    rest[..rest.find('"').expect("end")].to_owned()
+}
+
 /// Runs the setup link: the browser is logged in as the first operator.
 async fn first_operator(app: &TestApp) -> Browser {
     let b = Browser::new(app);
@@ -278,11 +285,7 @@ async fn a_developer_cannot_reach_another_developers_projects_or_keys_and_names_
     assert_eq!(status, StatusCode::CREATED, "{page}");
     let key = secret_of(&page);
     assert!(key.starts_with("orders_"), "{key}");
-    let key_path = {
-        let at = page.find("href=\"/keys/").expect("link to the key");
-        let rest = &page[at + 6..];
-        rest[..rest.find('"').expect("end")].to_owned()
-    };
+    let key_path = key_link_of(&page);
 
     let (status, _, page) = a.get(&key_path).await;
     assert_eq!(status, StatusCode::OK);
@@ -484,4 +487,98 @@ async fn an_operator_creates_a_webhook_sees_its_secret_once_and_deletes_it() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("http:// or https://"), "{body}");
+}
+
+#[tokio::test]
+async fn a_developer_keeps_a_recoverable_key_and_reveals_it_from_its_page() {
+    let app = spawn_app();
+    let op = first_operator(&app).await;
+    let api_id = open_self_service_api(&op).await;
+    let dev = signup(&app, "dev@example.com").await;
+    let (_, project_path, _) = dev
+        .submit("/projects", "/projects", &[("name", "Shop")])
+        .await;
+    let create = |recoverable: bool| {
+        let mut form = vec![("api_id", api_id.as_str()), ("name", "k")];
+        if recoverable {
+            form.push(("recoverable", "true"));
+        }
+        let (dev, project_path) = (&dev, &project_path);
+        async move {
+            let (status, _, page) = dev
+                .submit(project_path, &format!("{project_path}/keys"), &form)
+                .await;
+            (status, page)
+        }
+    };
+
+    // The api keeps no copies: no choice offered, and asking anyway is refused.
+    let (_, _, project_page) = dev.get(&project_path).await;
+    assert!(!project_page.contains("name=\"recoverable\""));
+    let (status, page) = create(true).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{page}");
+
+    // The operator opens the api to recoverable keys on its page.
+    let api_page = format!("/apis/{api_id}");
+    let (status, _, body) = op
+        .submit(
+            &api_page,
+            &api_page,
+            &[
+                ("name", "Orders"),
+                ("permissions", "orders.read, orders.write"),
+                ("self_service", "on"),
+                ("recoverable_keys", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let http = support::http::Http::new(&app);
+    let api = http.get(&format!("/v1/apis/{api_id}")).await.expect(200);
+    assert_eq!(api["policies"]["recoverable_keys"], true);
+    let (_, _, project_page) = dev.get(&project_path).await;
+    assert!(project_page.contains("name=\"recoverable\""));
+
+    let (status, page) = create(true).await;
+    assert_eq!(status, StatusCode::CREATED, "{page}");
+    assert!(page.contains("you can reveal it again"), "{page}");
+    let key = secret_of(&page);
+    let key_path = key_link_of(&page);
+    let (_, _, key_page) = dev.get(&key_path).await;
+    assert!(!key_page.contains(&key), "not shown until asked for");
+    assert!(key_page.contains(&format!("action=\"{key_path}/reveal\"")));
+
+    let (status, _, revealed) = dev
+        .submit(&key_path, &format!("{key_path}/reveal"), &[])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{revealed}");
+    assert_eq!(secret_of(&revealed), key);
+    let key_id = key_path.trim_start_matches("/keys/");
+    let log = http
+        .get("/v1/audit-log?action=key.reveal")
+        .await
+        .expect(200);
+    assert_eq!(log["items"][0]["target"], key_id, "{log}");
+    assert!(log["items"][0]["actor"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("usr_")));
+
+    // A key made without the copy has no Reveal, and a forged reveal finds nothing to show.
+    let (status, page) = create(false).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(page.contains("It is shown only once"), "{page}");
+    let plain_path = key_link_of(&page);
+    let (_, _, plain_page) = dev.get(&plain_path).await;
+    assert!(!plain_page.contains("/reveal\""));
+    let (status, _, _) = dev
+        .submit(&plain_path, &format!("{plain_path}/reveal"), &[])
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // Another developer cannot reveal it.
+    let other = signup(&app, "other@example.com").await;
+    let (status, _, _) = other
+        .submit("/projects", &format!("{key_path}/reveal"), &[])
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -892,6 +892,9 @@ pub async fn show_project(
                             label.check { input type="checkbox" name="permission" value=(perm); span.mono { (perm) } }
                         }
                     }
+                    @if api.policies.recoverable_keys {
+                        label.check { input type="checkbox" name="recoverable" value="true"; span { "Keep a sealed copy I can reveal later" } }
+                    }
                     button type="submit" { "Create key" }
                 }
             }
@@ -904,7 +907,11 @@ pub async fn show_project(
 fn created_key_page(c: &Current, headers: &HeaderMap, key: &Key, material: &str) -> Response {
     let body = html! {
         h1 { "Your new key: " (key.name) }
-        (shown_once(material, "key"))
+        @if key.recoverable {
+            (views::shown_once_with(material, "key", "keyward keeps a sealed copy: you can reveal it again from the key's page (each reveal is audited)."))
+        } @else {
+            (shown_once(material, "key"))
+        }
         p { a.button href={ "/keys/" (key.id) } { "I have stored it — continue" } }
         h2 { "How to use it" }
         (views::snippets(&base_url(headers)))
@@ -945,6 +952,7 @@ pub async fn create_key(
                 project_id: Some(p.id.clone()),
                 name: field(&fields, "name").trim().to_owned(),
                 permissions: Some(permissions),
+                recoverable: field(&fields, "recoverable") == "true",
                 ..CreateKeyRequest::default()
             },
         )
@@ -1078,6 +1086,7 @@ pub async fn show_key(
                 tr { th { "Created" } td { (views::time(k.created_at)) } }
                 tr { th { "Last used" } td { (time_opt(k.last_used_at)) } }
                 tr { th { "Expires" } td { (time_opt(k.expires_at)) } }
+                tr { th { "Recoverable" } td { @if k.recoverable { "yes: a sealed copy is kept" } @else { "no: only its digest is stored" } } }
                 @if let Some(to) = &k.rotated_to { tr { th { "Rotated to" } td { a.mono href={ "/keys/" (to) } { (to) } } } }
             }
         }
@@ -1098,6 +1107,9 @@ pub async fn show_key(
                     } @else {
                         form.inline method="post" action={ "/keys/" (k.id) "/enable" } { (csrf(t)) button.secondary type="submit" { "Enable" } }
                     }
+                }
+                @if k.recoverable {
+                    form.inline method="post" action={ "/keys/" (k.id) "/reveal" } { (csrf(t)) button.secondary type="submit" { "Reveal" } }
                 }
                 form.inline method="post" action={ "/keys/" (k.id) "/revoke" } { (csrf(t)) button.danger type="submit" { "Revoke" } }
             }
@@ -1159,6 +1171,16 @@ pub async fn act_on_key(
     match action.as_str() {
         "revoke" => {
             svc.revoke_key(&a, &k.id).await.map_err(|e| domain(&c, e))?;
+        }
+        "reveal" => {
+            // Audited by the service (`key.reveal`); the page is `no-store`, as every page.
+            let material = svc.reveal_key(&a, &k.id).await.map_err(|e| domain(&c, e))?;
+            let body = html! {
+                h1 { "Your key: " (k.name) }
+                (views::shown_once_with(material.expose(), "key", "This reveal is in the audit log. Copy it into your secret store and close this page."))
+                p { a.button href={ "/keys/" (k.id) } { "Back to the key" } }
+            };
+            return Ok(html(StatusCode::OK, page(&k.name, Some(&c), body)));
         }
         "rotate" => {
             let grace = field(&fields, "grace_period");
@@ -1332,6 +1354,7 @@ pub async fn show_api(
                 label { "Permissions offered (comma-separated)" } input type="text" name="permissions" value=(api.permissions.join(", "));
                 label { "Max active keys per project (empty: no limit)" } input type="number" min="1" name="max_keys" value=(api.policies.max_active_keys_per_project.map(|n| n.to_string()).unwrap_or_default());
                 label.check { input type="checkbox" name="self_service" value="on" checked[api.policies.self_service]; "Open for self-service" }
+                label.check { input type="checkbox" name="recoverable_keys" value="on" checked[api.policies.recoverable_keys]; "Recoverable keys: a key may be created with a sealed copy that can be revealed later" }
                 label for="api-leak-response" { "When a key is reported leaked (POST /v1/leaks, keyward scan --report)" }
                 select id="api-leak-response" name="leak_response" {
                     @for (value, text) in [
@@ -1391,6 +1414,7 @@ pub async fn update_api(
     };
     let policies = ApiPolicies {
         self_service: field(&fields, "self_service") == "on",
+        recoverable_keys: field(&fields, "recoverable_keys") == "on",
         max_active_keys_per_project: max,
         leak_response,
         ..api.policies.clone()
