@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use support::http::{code_of, str_of, Http};
 use support::redis::{OwnRedis, RedisPrefix};
 use support::tls::TestCa;
-use support::{keyward, spawn_app_env, stderr_text, TestApp};
+use support::{keyward, spawn_app_env, stderr_text, Node, TestApp};
 
 use support::http::concurrent_codes as concurrent_on;
 
@@ -63,22 +63,26 @@ async fn until_shared_up(http: &Http, want: u8) {
     }
 }
 
-/// Two nodes on one database and one Redis prefix.
-async fn two_nodes_count_together(postgres: bool) {
-    let Some(redis) = RedisPrefix::fresh() else {
-        return;
-    };
-    let Some(app) = spawn_app_env(postgres, &redis.env()) else {
-        return;
-    };
+/// Two nodes on one database and one Redis, after one limit was spent from both.
+struct TwoNodes {
+    a: Http,
+    b: Http,
+    /// The second node, running while held.
+    node: Node,
+    api: Value,
+    /// The plaintext of the key whose limit was spent.
+    limited: String,
+}
+
+/// Starts a second node beside `app` (both must be using Redis) and checks that 100 verifies
+/// on each node at once against a limit of 25 admit 25 in all, not 25 per node.
+async fn two_nodes_admit_a_limit_once_in_all(app: &TestApp) -> TwoNodes {
     let node = app.another_node();
-    let a = Http::new(&app);
+    let a = Http::new(app);
     let b = a.on(&node.url());
-    assert_eq!(shared_up(&a).await, Some(1));
+    assert_eq!(shared_up(&a).await, Some(1), "{}", app.logs());
     assert_eq!(shared_up(&b).await, Some(1));
     let api = a.create_api("orders", "ord").await;
-
-    // 100 verifies on each node at once against a limit of 25: 25 in all, not 25 per node.
     let (_, limited) = new_key(
         &a,
         &api,
@@ -89,6 +93,30 @@ async fn two_nodes_count_together(postgres: bool) {
     let (valid, codes) = concurrent_on(&[&a, &b], &json!({ "key": limited }), 100).await;
     assert_eq!(valid, 25, "{codes:?}");
     assert!(codes.iter().all(|c| c == "VALID" || c == "RATE_LIMITED"));
+    TwoNodes {
+        a,
+        b,
+        node,
+        api,
+        limited,
+    }
+}
+
+/// Two nodes on one database and one Redis prefix.
+async fn two_nodes_count_together(postgres: bool) {
+    let Some(redis) = RedisPrefix::fresh() else {
+        return;
+    };
+    let Some(app) = spawn_app_env(postgres, &redis.env()) else {
+        return;
+    };
+    let TwoNodes {
+        a,
+        b,
+        node,
+        api,
+        limited,
+    } = two_nodes_admit_a_limit_once_in_all(&app).await;
 
     // A quota of 30, spent from both nodes at once: exactly 30; both then see 0.
     let (quota_id, quota) =
@@ -255,21 +283,7 @@ async fn nodes_count_together_over_tls_and_never_trust_an_unknown_certificate() 
         ("KEYWARD_REDIS_CA_FILE", ca_file),
     ];
     let app = spawn_app_env(false, &env).expect("SQLite needs no server");
-    let node = app.another_node();
-    let a = Http::new(&app);
-    let b = a.on(&node.url());
-    assert_eq!(shared_up(&a).await, Some(1), "{}", app.logs());
-    assert_eq!(shared_up(&b).await, Some(1));
-    let api = a.create_api("orders", "ord").await;
-    let (_, limited) = new_key(
-        &a,
-        &api,
-        None,
-        json!({"rate_limits": [{"name": "default", "limit": 25, "period": "1h"}]}),
-    )
-    .await;
-    let (valid, codes) = concurrent_on(&[&a, &b], &json!({ "key": limited }), 100).await;
-    assert_eq!(valid, 25, "{codes:?}");
+    let _nodes = two_nodes_admit_a_limit_once_in_all(&app).await;
     assert_eq!(redis.keys("keyward:rl:*").len(), 1);
 
     // The same server, trusted through the public CAs only: the handshake fails.
