@@ -188,6 +188,9 @@ pub struct Key {
     pub last_used_at: Option<String>,
     #[serde(default)]
     pub created_at: Option<String>,
+    /// A sealed copy is kept: `POST /v1/keys/{id}/reveal` returns the plaintext.
+    #[serde(default)]
+    pub recoverable: bool,
     #[serde(flatten)]
     pub extra: Extra,
 }

@@ -175,7 +175,25 @@ async fn the_cli_creates_a_recoverable_key_and_reveals_it() {
         .output()
         .expect("run keys create");
     support::assert_success(&out, "keys create --recoverable");
+    assert!(
+        support::stderr_text(&out).contains("keyward keys reveal"),
+        "the CLI says how to see it again"
+    );
     let created: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(created["recoverable"], true);
+    let out = app
+        .cli()
+        .args(["keys", "get", str_of(&created, "id")])
+        .output()
+        .expect("run keys get");
+    support::assert_success(&out, "keys get");
+    let shown = support::stdout_text(&out);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("recoverable") && l.trim_end().ends_with("true")),
+        "{shown}"
+    );
     let out = app
         .cli()
         .args(["keys", "reveal", str_of(&created, "id")])

@@ -212,15 +212,23 @@ fn key_fields(key: &Key) -> Vec<(&'static str, String)> {
         ("expires_at", opt(&key.expires_at)),
         ("last_used_at", opt(&key.last_used_at)),
         ("created_at", opt(&key.created_at)),
+        ("recoverable", key.recoverable.to_string()),
     ]
 }
 
 /// The one place the CLI prints a plaintext key: right after create or rotate.
 fn show_created(created: &CreatedKey, json: bool) -> anyhow::Result<()> {
-    eprintln!(
-        "warning: this is the only time the key {} is shown; store it now, it cannot be retrieved again",
-        created.info.id
-    );
+    if created.info.recoverable {
+        eprintln!(
+            "note: a sealed copy of the key {id} is kept; `keyward keys reveal {id}` shows it again (audited)",
+            id = created.info.id
+        );
+    } else {
+        eprintln!(
+            "warning: this is the only time the key {} is shown; store it now, it cannot be retrieved again",
+            created.info.id
+        );
+    }
     if json {
         let mut value = serde_json::to_value(&created.info)?;
         if let Value::Object(map) = &mut value {
