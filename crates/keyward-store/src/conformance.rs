@@ -815,6 +815,17 @@ pub async fn deleting_an_api_or_project_revokes_its_keys(store: Arc<dyn Store>) 
     for k in [&live, &old_revoked, &other_api, &in_project] {
         store.insert_key(k).await.step("insert key");
     }
+    // Recoverable keys: a revoked key's sealed copy goes with the revocation.
+    for k in [&live, &other_api, &in_project] {
+        store
+            .insert_key_copy(&ws.id, &k.id, "sealed")
+            .await
+            .step("insert copy");
+    }
+    let other_api = Key {
+        recoverable: true,
+        ..other_api
+    };
 
     let done = store.delete_api(&ws.id, &doomed.id, at(10_000)).await;
     assert!(done.step("delete api"));
@@ -830,6 +841,10 @@ pub async fn deleting_an_api_or_project_revokes_its_keys(store: Arc<dyn Store>) 
         Some(revoked_now),
         "keys of a deleted api stay readable, revoked"
     );
+    let copy = store.key_copy(&ws.id, &live.id).await.step("copy");
+    assert_eq!(copy, None, "a revoked key's copy is deleted");
+    let copy = store.key_copy(&ws.id, &other_api.id).await.step("copy");
+    assert_eq!(copy.as_deref(), Some("sealed"), "other keys keep theirs");
     let got = store.get_key(&ws.id, &old_revoked.id).await.step("get old");
     assert_eq!(
         got,
@@ -860,6 +875,8 @@ pub async fn deleting_an_api_or_project_revokes_its_keys(store: Arc<dyn Store>) 
         Some(revoked_now),
         "keys of a deleted project are revoked"
     );
+    let copy = store.key_copy(&ws.id, &in_project.id).await.step("copy");
+    assert_eq!(copy, None, "a revoked key's copy is deleted");
     let got = store.get_key(&ws.id, &other_api.id).await.step("get other");
     assert_eq!(
         got,

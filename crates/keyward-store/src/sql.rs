@@ -132,6 +132,10 @@ pub(crate) const DELETE_PROJECT: &str = "UPDATE projects SET deleted_at = $3, up
 pub(crate) const REVOKE_PROJECT_KEYS: &str = "UPDATE keys \
      SET state = 'revoked', revoked_at = $3, updated_at = $3 \
      WHERE workspace_id = $1 AND project_id = $2 AND state <> 'revoked'";
+/// After a revocation in bulk: a revoked key is never revealed, so its sealed copy goes.
+pub(crate) const DELETE_REVOKED_KEY_COPIES: &str = "DELETE FROM key_copies \
+     WHERE workspace_id = $1 \
+     AND key_id IN (SELECT id FROM keys WHERE workspace_id = $1 AND state = 'revoked')";
 
 pub(crate) const INSERT_KEY: &str = "INSERT INTO keys (id, workspace_id, api_id, project_id, \
      name, start, digest, digest_version, state, state_reason, permissions, roles, meta, \
@@ -794,6 +798,11 @@ macro_rules! impl_store {
                     .bind(workspace_id)
                     .bind(id)
                     .bind(ms(at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_sqlx)?;
+                sqlx::query(sql::DELETE_REVOKED_KEY_COPIES)
+                    .bind(workspace_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(map_sqlx)?;
