@@ -279,19 +279,33 @@ impl VerifyResponse {
     /// The JSON body: the same bytes as `serde_json::to_vec(self)`, with the key's details
     /// copied from their cached serialization.
     pub fn to_json(&self) -> Vec<u8> {
-        // Room for all of it: the verdict's head, the key's details, the quota and each limit
-        // (its head, two numbers, an instant, the punctuation).
-        let (details, limits) = self.details().map_or((0, 0), |k| {
-            let limits = k.rate_limits.iter().map(|h| h.json_head.len() + 80).sum();
-            (k.json.len(), limits)
-        });
-        let mut out = Vec::with_capacity(96 + details + limits);
-        out.extend_from_slice(if self.valid {
+        let head: &[u8] = if self.valid {
             b"{\"valid\":true,\"code\":\""
         } else {
             b"{\"valid\":false,\"code\":\""
-        });
-        out.extend_from_slice(self.code.as_str().as_bytes());
+        };
+        let code = self.code.as_str().as_bytes();
+        // Room for all of it: exactly, for a verdict without a quota, limits or explanation
+        // (so that the caller's `into_boxed_slice` need not shrink it); otherwise room for
+        // the quota and each limit (its head, two numbers, an instant, the punctuation).
+        let details = self.details().map_or(0, |k| 1 + k.json.len());
+        let usage = self.usage.as_ref().map_or(0, |_| 48);
+        let limits: usize = match self.details() {
+            Some(k) if !self.limits.is_empty() => {
+                16 + k
+                    .rate_limits
+                    .iter()
+                    .map(|h| h.json_head.len() + 80)
+                    .sum::<usize>()
+            }
+            _ => 0,
+        };
+        let explain = self.explain.as_ref().map_or(0, |_| 256);
+        let mut out = Vec::with_capacity(
+            head.len() + code.len() + 1 + details + usage + limits + explain + 1,
+        );
+        out.extend_from_slice(head);
+        out.extend_from_slice(code);
         out.push(b'"');
         if let Some(k) = self.details() {
             out.push(b',');
@@ -1439,10 +1453,21 @@ mod tests {
         .chain(extremes);
         for resp in cases {
             let serde = serde_json::to_vec(&resp).expect("serializes");
+            let json = resp.to_json();
             assert_eq!(
-                String::from_utf8_lossy(&resp.to_json()),
+                String::from_utf8_lossy(&json),
                 String::from_utf8_lossy(&serde)
             );
+            assert!(json.capacity() >= json.len());
+            // A plain verdict's buffer is exactly its size: no shrinking for `Bytes`.
+            if resp.usage.is_none() && resp.limits.is_empty() && resp.explain.is_none() {
+                assert_eq!(
+                    json.capacity(),
+                    json.len(),
+                    "{}",
+                    String::from_utf8_lossy(&json)
+                );
+            }
         }
     }
 
