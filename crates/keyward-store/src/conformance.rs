@@ -51,6 +51,7 @@ macro_rules! conformance_tests {
             verifications_are_listed_newest_first_filtered_and_paged,
             listings_page_across_many_batches_and_find_rare_keys,
             a_term_is_found_across_segments_and_within_time_bounds,
+            each_workspace_indexes_the_terms_it_shares_with_another,
             usage_counts_add_up_per_bucket_and_code,
             records_older_than_their_retention_are_pruned,
             audit_entries_chain_and_list_newest_first,
@@ -97,6 +98,7 @@ pub async fn run_all(store: Arc<dyn Store>) {
     verifications_are_listed_newest_first_filtered_and_paged(store.clone()).await;
     listings_page_across_many_batches_and_find_rare_keys(store.clone()).await;
     a_term_is_found_across_segments_and_within_time_bounds(store.clone()).await;
+    each_workspace_indexes_the_terms_it_shares_with_another(store.clone()).await;
     usage_counts_add_up_per_bucket_and_code(store.clone()).await;
     records_older_than_their_retention_are_pruned(store.clone()).await;
     audit_entries_chain_and_list_newest_first(store.clone()).await;

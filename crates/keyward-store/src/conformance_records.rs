@@ -304,6 +304,58 @@ pub async fn a_term_is_found_across_segments_and_within_time_bounds(store: Arc<d
     assert_eq!(times(&listed.items), vec![4000, 3000, 1000, 0]);
 }
 
+/// Term segments are written once per workspace, term and segment: the same term in another
+/// workspace, or new to a later flush of the segment, is still found.
+pub async fn each_workspace_indexes_the_terms_it_shares_with_another(store: Arc<dyn Store>) {
+    let a = new_workspace(store.as_ref()).await.id;
+    let b = new_workspace(store.as_ref()).await.id;
+    let key = "key_shared";
+    // A flush of `a` alone, then one of `b` alone, then one with both (two batches).
+    let flushes: [&[&str]; 3] = [&[&a], &[&b], &[&a, &b]];
+    for (i, workspaces) in flushes.iter().enumerate() {
+        let events: Vec<VerificationEvent> = workspaces
+            .iter()
+            .map(|ws| event(ws, at(i as i64 * 1000), Some(key), Code::Valid))
+            .collect();
+        store.insert_verifications(&events).await.expect("flush");
+    }
+    // A term first seen in the segment's fourth flush.
+    store
+        .insert_verifications(&[event(&b, at(3000), Some("key_late"), Code::Disabled)])
+        .await
+        .expect("flush");
+    let times = |ws: &str, filter: VerificationFilter| {
+        let store = Arc::clone(&store);
+        let ws = ws.to_owned();
+        async move {
+            let listed = store
+                .list_verifications(&ws, &filter, &page(10, None))
+                .await
+                .expect("list");
+            listed
+                .items
+                .iter()
+                .map(|e| to_unix_ms(e.time) - to_unix_ms(at(0)))
+                .collect::<Vec<i64>>()
+        }
+    };
+    let by_key = |k: &str| VerificationFilter {
+        key_id: Some(k.into()),
+        ..VerificationFilter::default()
+    };
+    let by_code = |c: Code| VerificationFilter {
+        code: Some(c),
+        ..VerificationFilter::default()
+    };
+    assert_eq!(times(&a, by_key(key)).await, [2000, 0]);
+    assert_eq!(times(&b, by_key(key)).await, [2000, 1000]);
+    assert_eq!(times(&a, by_code(Code::Valid)).await, [2000, 0]);
+    assert_eq!(times(&b, by_code(Code::Valid)).await, [2000, 1000]);
+    assert_eq!(times(&b, by_key("key_late")).await, [3000]);
+    assert_eq!(times(&b, by_code(Code::Disabled)).await, [3000]);
+    assert!(times(&a, by_key("key_late")).await.is_empty());
+}
+
 pub async fn usage_counts_add_up_per_bucket_and_code(store: Arc<dyn Store>) {
     let ws = new_workspace(store.as_ref()).await;
     let t = to_unix_ms(T0);

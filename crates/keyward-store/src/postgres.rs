@@ -30,6 +30,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Term segments already written (see `records::WrittenSegments`).
+    segments: std::sync::Arc<crate::records::WrittenSegments>,
 }
 
 impl PgStore {
@@ -46,7 +48,10 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(map_sqlx)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            segments: Default::default(),
+        })
     }
 
     /// Applies pending migrations; returns how many were applied. Safe to run from several

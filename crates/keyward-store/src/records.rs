@@ -14,6 +14,7 @@ use keyward_core::records::{
     VerificationFilter,
 };
 use keyward_core::StoreError;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
@@ -126,6 +127,72 @@ pub(crate) fn upsert_usage_sql(rows: usize, anonymous: bool) -> &'static str {
             anon,
         )
     })
+}
+
+/// The term segments this store has written and committed, for each workspace's newest
+/// segment, so that a flush inserts only the terms new to it.
+///
+/// A flush mentions every busy key again: with a thousand of them, a thousand inserts of a
+/// (workspace, term, segment) row that is already there, each a search of the index that
+/// writes nothing, on a core the requests share. Skipping them is safe because a segment row
+/// is pruned only once no batch can fall in its segment any more (batch ids only grow, see
+/// [`PRUNE_TERM_SEGMENTS`]); pruning forgets everything anyway.
+#[derive(Debug, Default)]
+pub(crate) struct WrittenSegments {
+    by_workspace: std::sync::Mutex<HashMap<String, (i64, HashSet<String>)>>,
+}
+
+impl WrittenSegments {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, HashSet<String>)>> {
+        // A panic elsewhere cannot leave the sets half-updated in a way that matters: an
+        // entry missing here only means an insert that writes nothing.
+        self.by_workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The terms of a batch in `segment` not yet written for it.
+    pub(crate) fn missing<'t>(
+        &self,
+        workspace_id: &str,
+        segment: i64,
+        terms: &'t [String],
+    ) -> Vec<&'t str> {
+        let written = self.lock();
+        match written.get(workspace_id) {
+            Some((seen, set)) if *seen == segment => terms
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !set.contains(*t))
+                .collect(),
+            _ => terms.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Notes rows as written, once their transaction committed. A newer segment replaces the
+    /// workspace's set; an older one (another node's id order) is not kept.
+    pub(crate) fn committed<'t>(
+        &self,
+        rows: impl IntoIterator<Item = (&'t str, i64, Vec<&'t str>)>,
+    ) {
+        let mut written = self.lock();
+        for (workspace_id, segment, terms) in rows {
+            let entry = written
+                .entry(workspace_id.to_owned())
+                .or_insert_with(|| (segment, HashSet::new()));
+            if entry.0 < segment {
+                *entry = (segment, HashSet::new());
+            }
+            if entry.0 == segment {
+                entry.1.extend(terms.into_iter().map(str::to_owned));
+            }
+        }
+    }
+
+    /// Forgets every row (their segments may have been pruned).
+    pub(crate) fn forget(&self) {
+        self.lock().clear();
+    }
 }
 
 /// Lets the tasks waiting on this thread run between two statements of a batch write.
@@ -408,6 +475,7 @@ macro_rules! impl_record_store {
                     return Ok(());
                 }
                 let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+                let mut segments = Vec::with_capacity(batches.len());
                 for b in batches {
                     let (id,): (i64,) = sqlx::query_as(r::INSERT_BATCH)
                         .bind(&b.workspace_id)
@@ -429,15 +497,17 @@ macro_rules! impl_record_store {
                         r::between_statements().await;
                     }
                     let segment = id / r::TERM_SEGMENT;
-                    for chunk in r::chunks(&b.terms) {
+                    let new_terms = self.segments.missing(&b.workspace_id, segment, &b.terms);
+                    for chunk in r::chunks(&new_terms) {
                         let mut q =
                             sqlx::query(r::insert_term_segments_sql(chunk.len(), $anonymous));
                         for term in chunk {
-                            q = q.bind(&b.workspace_id).bind(term).bind(segment);
+                            q = q.bind(&b.workspace_id).bind(*term).bind(segment);
                         }
                         q.execute(&mut *tx).await.map_err(map_sqlx)?;
                         r::between_statements().await;
                     }
+                    segments.push((b.workspace_id.as_str(), segment, new_terms));
                 }
                 for chunk in r::chunks(counts) {
                     let mut q = sqlx::query(r::upsert_usage_sql(chunk.len(), $anonymous));
@@ -455,7 +525,9 @@ macro_rules! impl_record_store {
                     q.execute(&mut *tx).await.map_err(map_sqlx)?;
                     r::between_statements().await;
                 }
-                tx.commit().await.map_err(map_sqlx)
+                tx.commit().await.map_err(map_sqlx)?;
+                self.segments.committed(segments);
+                Ok(())
             }
 
             async fn list_verifications(
@@ -610,6 +682,8 @@ macro_rules! impl_record_store {
                 use $crate::error::map_sqlx;
                 use $crate::records as r;
                 let cut = keyward_core::clock::to_unix_ms(events_before);
+                // Whatever this prune deletes, the next flush writes its segments in full.
+                self.segments.forget();
                 let mut total = 0;
                 loop {
                     let (max_id, events): (Option<i64>, Option<i64>) =
@@ -820,5 +894,24 @@ mod tests {
         assert!(insert_term_segments_sql(4, false)
             .ends_with("($10, $11, $12) ON CONFLICT (workspace_id, term, segment) DO NOTHING"));
         assert_eq!(upsert_usage_sql(32, true).matches('?').count(), 32 * 8);
+    }
+
+    #[test]
+    fn written_segments_skip_only_what_was_committed_for_the_same_workspace_and_segment() {
+        let memo = WrittenSegments::default();
+        let terms: Vec<String> = ["key_a", "key_b", "VALID"].map(String::from).into();
+        assert_eq!(memo.missing("ws_1", 7, &terms), ["key_a", "key_b", "VALID"]);
+        memo.committed([("ws_1", 7, vec!["key_a", "VALID"])]);
+        assert_eq!(memo.missing("ws_1", 7, &terms), ["key_b"]);
+        // Another workspace, or the next segment, writes them all again.
+        assert_eq!(memo.missing("ws_2", 7, &terms), ["key_a", "key_b", "VALID"]);
+        assert_eq!(memo.missing("ws_1", 8, &terms), ["key_a", "key_b", "VALID"]);
+        // A newer segment replaces the set; an older one is not kept.
+        memo.committed([("ws_1", 8, vec!["key_b"]), ("ws_1", 6, vec!["key_a"])]);
+        assert_eq!(memo.missing("ws_1", 8, &terms), ["key_a", "VALID"]);
+        assert_eq!(memo.missing("ws_1", 6, &terms), ["key_a", "key_b", "VALID"]);
+        assert_eq!(memo.missing("ws_1", 7, &terms), ["key_a", "key_b", "VALID"]);
+        memo.forget();
+        assert_eq!(memo.missing("ws_1", 8, &terms), ["key_a", "key_b", "VALID"]);
     }
 }

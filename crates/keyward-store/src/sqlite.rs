@@ -28,6 +28,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Term segments already written (see `records::WrittenSegments`).
+    segments: std::sync::Arc<crate::records::WrittenSegments>,
 }
 
 impl SqliteStore {
@@ -58,7 +60,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_sqlx)?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            segments: Default::default(),
+        })
     }
 
     /// Applies pending migrations; returns how many were applied.
