@@ -134,6 +134,29 @@ fn cut(v: &str) -> &str {
 }
 
 impl AccessEvent {
+    /// The address of the cached key the event's ids come from, the same for every event of
+    /// that key (see [`crate::access_log::Encoder::push_from`]).
+    pub fn source(&self) -> Option<usize> {
+        self.key.as_ref().map(|k| Arc::as_ptr(k) as usize)
+    }
+
+    /// The event as the access-log encoder reads it, without its api, key and project ids
+    /// (for [`crate::access_log::Encoder::push_seen`]): reads nothing of the cached key.
+    pub fn as_ref_without_ids(&self) -> EventRef<'_> {
+        let attrs = self.attrs.as_ref();
+        EventRef {
+            time_ms: self.time_ms,
+            api_id: None,
+            key_id: None,
+            project_id: None,
+            code: self.code,
+            ip: attrs.and_then(RequestAttrs::ip),
+            method: attrs.and_then(RequestAttrs::method),
+            path: attrs.and_then(RequestAttrs::path),
+            origin: attrs.and_then(RequestAttrs::origin),
+        }
+    }
+
     /// The event as the access-log encoder reads it.
     pub fn as_ref(&self) -> EventRef<'_> {
         let attrs = self.attrs.as_ref();

@@ -316,9 +316,11 @@ impl<'a> Pending<'a> {
     async fn push(&mut self, events: &'a [AccessEvent]) {
         for (i, e) in events.iter().enumerate() {
             let encoder = self.open.entry(&*e.workspace_id).or_default();
-            // Every event of a key borrows its ids from the same details.
-            let source = e.key.as_ref().map(|k| Arc::as_ptr(k) as usize);
-            encoder.push_from(&e.as_ref(), source);
+            // Every event of a key borrows its ids from the same details, read at its first.
+            let source = e.source();
+            if !source.is_some_and(|s| encoder.push_seen(s, &e.as_ref_without_ids())) {
+                encoder.push_from(&e.as_ref(), source);
+            }
             if encoder.len() >= self.max_batch {
                 let full = std::mem::take(encoder);
                 self.close(&e.workspace_id, full);
@@ -366,8 +368,9 @@ async fn encode(events: &[AccessEvent], node: &str, max_batch: usize) -> Write {
 /// same bucket from different batches of one flush, added up. Looks up by borrowed fields, so
 /// summing copies no strings.
 fn sum_counts(counts: Vec<UsageCount>) -> Vec<UsageCount> {
-    let mut at: HashMap<UsageKey<'_>, usize, foldhash::fast::RandomState> = HashMap::default();
-    let mut sums: Vec<(usize, u64)> = Vec::new();
+    let mut at: HashMap<UsageKey<'_>, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(counts.len(), Default::default());
+    let mut sums: Vec<(usize, u64)> = Vec::with_capacity(counts.len());
     for (i, c) in counts.iter().enumerate() {
         match at.entry(UsageKey::of(c)) {
             std::collections::hash_map::Entry::Occupied(o) => sums[*o.get()].1 += c.count,
