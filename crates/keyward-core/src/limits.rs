@@ -599,15 +599,6 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 impl KeyRules {
-    /// Starts loading the last-use time [`KeyRules::touch`] reads (see
-    /// [`crate::verify::CachedKey::warm`]).
-    #[inline]
-    pub fn warm(&self) {
-        if let Some(u) = &self.last_use {
-            std::hint::black_box(u.at_ms.load(Ordering::Relaxed));
-        }
-    }
-
     /// Whether the key has any rate limit or quota.
     pub fn is_empty(&self) -> bool {
         self.locks[0].is_none()

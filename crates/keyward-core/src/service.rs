@@ -1515,7 +1515,6 @@ impl Service {
         let trusted = self.caches_trusted_at(now_ms);
         if trusted {
             if let Some(hit) = self.cache.get(&lookup) {
-                hit.warm();
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(hit));
             }

@@ -496,22 +496,6 @@ impl CachedKey {
         }
     }
 
-    /// Starts loading what a verdict on this key reads last (its response JSON and its
-    /// last-use time), so that those memory reads overlap the checks in between.
-    ///
-    /// Speed: with keys presented in rotation, a key's memory has left the CPU's caches by
-    /// the time it comes round again, and each of its allocations is a miss. Read where the
-    /// code needs them, the misses came one after another (the last, on the JSON, ~0.1 µs
-    /// of an HTTP verify); started here, they are in flight together.
-    #[inline]
-    pub fn warm(&self) {
-        let json = self.details.json.as_bytes();
-        // A byte of each cache line of a typical JSON (~100-300 bytes); a value the optimizer
-        // must produce, so the loads are issued, but that nothing waits on.
-        std::hint::black_box([0, 64, 128, 192].map(|at| json.get(at).copied()));
-        self.rules.warm();
-    }
-
     /// Whether the key belongs to `workspace_id`.
     pub fn in_workspace(&self, workspace_id: &str) -> bool {
         match &self.gate.workspace {
