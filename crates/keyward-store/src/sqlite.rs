@@ -129,6 +129,79 @@ mod tests {
         );
     }
 
+    /// A flush writes a term's segment row once per segment: rows this store already wrote
+    /// are not inserted again (here, deleted behind its back, they stay gone) until the
+    /// segment changes or a prune runs.
+    #[tokio::test]
+    async fn a_term_segment_row_is_written_once_per_segment() {
+        use keyward_core::access_log::encode_events;
+        use keyward_core::records::{RecordStore, VerificationEvent};
+        use keyward_core::verify::Code;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let store = SqliteStore::open(&dir.path().join("kw.db"))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        store.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
+        let flush = |key: &str| {
+            let event = VerificationEvent {
+                id: String::new(),
+                time: time::OffsetDateTime::UNIX_EPOCH,
+                workspace_id: "ws_1".into(),
+                api_id: Some("api_1".into()),
+                key_id: Some(key.into()),
+                project_id: None,
+                code: Code::Valid,
+                ip: None,
+                method: None,
+                path: None,
+                origin: None,
+                node: "n".into(),
+            };
+            encode_events(&[event])
+        };
+        let segment_rows = || async {
+            let terms: Vec<String> =
+                sqlx::query_scalar("SELECT term FROM verification_term_segments ORDER BY term")
+                    .fetch_all(&store.pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("read: {e}"));
+            terms
+        };
+        let forget_rows = || async {
+            sqlx::query("DELETE FROM verification_term_segments")
+                .execute(&store.pool)
+                .await
+                .unwrap_or_else(|e| panic!("delete: {e}"));
+        };
+        let record = |key: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .record_batch(&flush(key), &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("record: {e}"));
+            }
+        };
+        record("key_a").await;
+        assert_eq!(segment_rows().await, ["VALID", "api_1", "key_a"]);
+        forget_rows().await;
+        // The same terms in the same segment: nothing written; a new one is.
+        record("key_a").await;
+        record("key_b").await;
+        assert_eq!(segment_rows().await, ["key_b"]);
+        // After a prune (of nothing), every term is written again.
+        store
+            .prune_records(
+                time::OffsetDateTime::UNIX_EPOCH,
+                time::OffsetDateTime::UNIX_EPOCH,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("prune: {e}"));
+        forget_rows().await;
+        record("key_a").await;
+        assert_eq!(segment_rows().await, ["VALID", "api_1", "key_a"]);
+    }
+
     /// A database written by a build before migration 0006 keeps its access log findable by
     /// term: the old index's rows become the exact and the segment rows.
     #[tokio::test]
