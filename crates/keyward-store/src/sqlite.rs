@@ -141,7 +141,10 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("kw.db"))
             .await
             .unwrap_or_else(|e| panic!("open: {e}"));
-        store.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
         let flush = |key: &str| {
             let event = VerificationEvent {
                 id: String::new(),
