@@ -82,9 +82,10 @@ type FastHash = foldhash::fast::RandomState;
 #[derive(Debug, Default)]
 pub struct Encoder<'a> {
     tuples: HashMap<Tuple<'a>, u32, FastHash>,
-    /// The tuple index of each event source already seen (see [`Encoder::push_from`]), so
-    /// that a key's ids are read and hashed once per batch rather than once per event.
-    sources: HashMap<usize, u32, FastHash>,
+    /// Each event source already seen (see [`Encoder::push_from`]): its tuple, so that a
+    /// key's ids are read and hashed once per batch rather than once per event, and its
+    /// running count.
+    sources: HashMap<usize, Source, FastHash>,
     order: Vec<Tuple<'a>>,
     minutes: HashMap<(u32, Code, i64), u64, FastHash>,
     body: Vec<u8>,
@@ -96,6 +97,21 @@ pub struct Encoder<'a> {
     events: u32,
     /// Bit `i` set: `Code::ALL[i]` occurs.
     codes: u16,
+}
+
+/// An event source's tuple index, and how many of its events in a row (of the batch's events
+/// from it) share one code and minute: counted here and added to the minute counts when that
+/// changes or the batch is finished.
+///
+/// Speed: the minute counts are a map the size of a flush's keys and codes; a probe per event
+/// was the writer's costliest cache miss (half of a push's samples). A key's events mostly
+/// share their code and minute, and the source's entry is read anyway.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    index: u32,
+    code: Code,
+    minute: i64,
+    count: u64,
 }
 
 impl<'a> Encoder<'a> {
@@ -122,23 +138,29 @@ impl<'a> Encoder<'a> {
     /// the same core; looking a source up by address touches neither the key's strings nor
     /// their hash, which were most of the time of a push.
     pub fn push_from(&mut self, e: &EventRef<'a>, source: Option<usize>) {
-        let known = source.and_then(|s| self.sources.get(&s).copied());
-        let index = match known {
-            Some(index) => index,
-            None => {
-                let tuple = (e.api_id, e.key_id, e.project_id);
-                let order = &mut self.order;
-                let index = *self.tuples.entry(tuple).or_insert_with(|| {
-                    order.push(tuple);
-                    (order.len() - 1) as u32
-                });
-                if let Some(s) = source {
-                    self.sources.insert(s, index);
-                }
-                index
+        if source.is_some_and(|s| self.push_seen(s, e)) {
+            return;
+        }
+        let tuple = (e.api_id, e.key_id, e.project_id);
+        let order = &mut self.order;
+        let index = *self.tuples.entry(tuple).or_insert_with(|| {
+            order.push(tuple);
+            (order.len() - 1) as u32
+        });
+        let minute = Granularity::Minute.bucket(e.time_ms);
+        match source {
+            Some(s) => {
+                let first = Source {
+                    index,
+                    code: e.code,
+                    minute,
+                    count: 1,
+                };
+                self.sources.insert(s, first);
             }
-        };
-        self.push_at(index, e);
+            None => *self.minutes.entry((index, e.code, minute)).or_default() += 1,
+        }
+        self.encode(index, e);
     }
 
     /// [`Encoder::push_from`] of an event whose `source` this batch has seen: its ids are
@@ -149,27 +171,31 @@ impl<'a> Encoder<'a> {
     /// recorded it touched up to a second before; for all but a key's first event of a
     /// batch, that read is a cache miss spent on ids it already has.
     pub fn push_seen(&mut self, source: usize, e: &EventRef<'a>) -> bool {
-        match self.sources.get(&source).copied() {
-            Some(index) => {
-                self.push_at(index, e);
-                true
-            }
-            None => false,
+        let Some(seen) = self.sources.get_mut(&source) else {
+            return false;
+        };
+        let minute = Granularity::Minute.bucket(e.time_ms);
+        if (seen.code, seen.minute) != (e.code, minute) {
+            *self
+                .minutes
+                .entry((seen.index, seen.code, seen.minute))
+                .or_default() += seen.count;
+            (seen.code, seen.minute, seen.count) = (e.code, minute, 0);
         }
+        seen.count += 1;
+        let index = seen.index;
+        self.encode(index, e);
+        true
     }
 
-    /// Appends an event whose ids are the tuple at `index`.
-    fn push_at(&mut self, index: u32, e: &EventRef<'a>) {
+    /// Appends an event whose ids are the tuple at `index` (counted by the caller).
+    fn encode(&mut self, index: u32, e: &EventRef<'a>) {
         if self.events == 0 {
             self.base_ms = e.time_ms;
             self.prev_ms = e.time_ms;
             self.min_ms = e.time_ms;
             self.max_ms = e.time_ms;
         }
-        *self
-            .minutes
-            .entry((index, e.code, Granularity::Minute.bucket(e.time_ms)))
-            .or_default() += 1;
         put_varint(&mut self.body, zigzag(e.time_ms.wrapping_sub(self.prev_ms)));
         self.prev_ms = e.time_ms;
         self.min_ms = self.min_ms.min(e.time_ms);
@@ -192,11 +218,17 @@ impl<'a> Encoder<'a> {
 
     /// The batch, and its exact usage counts per minute, hour and day added to `counts`.
     pub fn finish(
-        self,
+        mut self,
         workspace_id: &str,
         node: &str,
         counts: &mut Vec<UsageCount>,
     ) -> EventBatch {
+        for seen in self.sources.values() {
+            *self
+                .minutes
+                .entry((seen.index, seen.code, seen.minute))
+                .or_default() += seen.count;
+        }
         let mut data = Vec::with_capacity(self.body.len() + self.order.len() * 48 + 24);
         data.push(VERSION);
         data.extend_from_slice(&self.base_ms.to_le_bytes());
