@@ -69,7 +69,9 @@ pub fn encode(
     encoder.finish(workspace_id, node, counts)
 }
 
-type Tuple<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+/// An event's api, key and project ids: what a batch indexes its events by.
+pub type Ids<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>);
+type Tuple<'a> = Ids<'a>;
 
 /// The encoder's maps hash a tuple of ids per event, on the writer's share of the core:
 /// foldhash (randomly seeded per process) instead of SipHash. Security: the only
@@ -141,10 +143,21 @@ impl<'a> Encoder<'a> {
         if source.is_some_and(|s| self.push_seen(s, e)) {
             return;
         }
-        let tuple = (e.api_id, e.key_id, e.project_id);
+        self.push_new((e.api_id, e.key_id, e.project_id), e, source);
+    }
+
+    /// [`Encoder::push_from`] of an event whose `source` (if any) this batch has not seen,
+    /// with its ids apart from the rest of it: the ids must live as long as the encoder, but
+    /// the rest of `e` (time, code, request attributes, all copied here) only for this call,
+    /// and its ids are ignored.
+    ///
+    /// Speed: a writer can then let go of its events as soon as they are pushed, keeping
+    /// alive only what the ids are borrowed from, once per source, until the batch is
+    /// finished.
+    pub fn push_new(&mut self, ids: Ids<'a>, e: &EventRef<'_>, source: Option<usize>) {
         let order = &mut self.order;
-        let index = *self.tuples.entry(tuple).or_insert_with(|| {
-            order.push(tuple);
+        let index = *self.tuples.entry(ids).or_insert_with(|| {
+            order.push(ids);
             (order.len() - 1) as u32
         });
         let minute = Granularity::Minute.bucket(e.time_ms);
@@ -156,7 +169,13 @@ impl<'a> Encoder<'a> {
                     minute,
                     count: 1,
                 };
-                self.sources.insert(s, first);
+                // A source pushed as new twice keeps the count of its earlier run.
+                if let Some(seen) = self.sources.insert(s, first) {
+                    *self
+                        .minutes
+                        .entry((seen.index, seen.code, seen.minute))
+                        .or_default() += seen.count;
+                }
             }
             None => *self.minutes.entry((index, e.code, minute)).or_default() += 1,
         }
@@ -170,7 +189,7 @@ impl<'a> Encoder<'a> {
     /// Speed: the writer reads an event's ids from its cached key, memory the request that
     /// recorded it touched up to a second before; for all but a key's first event of a
     /// batch, that read is a cache miss spent on ids it already has.
-    pub fn push_seen(&mut self, source: usize, e: &EventRef<'a>) -> bool {
+    pub fn push_seen(&mut self, source: usize, e: &EventRef<'_>) -> bool {
         let Some(seen) = self.sources.get_mut(&source) else {
             return false;
         };
@@ -189,7 +208,7 @@ impl<'a> Encoder<'a> {
     }
 
     /// Appends an event whose ids are the tuple at `index` (counted by the caller).
-    fn encode(&mut self, index: u32, e: &EventRef<'a>) {
+    fn encode(&mut self, index: u32, e: &EventRef<'_>) {
         if self.events == 0 {
             self.base_ms = e.time_ms;
             self.prev_ms = e.time_ms;
@@ -594,12 +613,15 @@ mod tests {
                 .collect();
             let mut by_ids = Encoder::default();
             let mut by_source = Encoder::default();
-            for (e, source) in &events {
+            for (i, (e, source)) in events.iter().enumerate() {
                 by_ids.push(e);
-                // A source seen before is pushed without its ids, which must not be needed.
+                // A source seen before is pushed without its ids, which must not be needed;
+                // a new one with its ids apart, as the writer does. Now and then a seen
+                // source is pushed as new again, which must keep the counts of its run.
                 let without_ids = EventRef { api_id: None, key_id: None, project_id: None, ..*e };
-                if !source.is_some_and(|s| by_source.push_seen(s, &without_ids)) {
-                    by_source.push_from(e, *source);
+                let again = i % 7 == 6;
+                if again || !source.is_some_and(|s| by_source.push_seen(s, &without_ids)) {
+                    by_source.push_new((e.api_id, e.key_id, e.project_id), &without_ids, *source);
                 }
             }
             let (mut counts_ids, mut counts_source) = (Vec::new(), Vec::new());

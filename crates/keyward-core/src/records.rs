@@ -1,7 +1,7 @@
 //! What keyward records: the access log (one event per verify), usage counts, and the
 //! hash-chained audit log of every change, with the storage trait they are kept through.
 
-use crate::access_log::{EventBatch, EventRef};
+use crate::access_log::{EventBatch, EventRef, Ids};
 use crate::clock::to_unix_ms;
 use crate::error::StoreError;
 use crate::model::{Listing, Page};
@@ -159,25 +159,27 @@ impl AccessEvent {
 
     /// The event as the access-log encoder reads it.
     pub fn as_ref(&self) -> EventRef<'_> {
-        let attrs = self.attrs.as_ref();
+        let (api_id, key_id, project_id) = match &self.key {
+            Some(k) => key_ids(k),
+            None => (self.api_id.as_deref(), None, None),
+        };
         EventRef {
-            time_ms: self.time_ms,
-            api_id: match &self.key {
-                Some(k) => Some(k.details.api_id.as_str()),
-                None => self.api_id.as_deref(),
-            },
-            key_id: self.key.as_deref().map(|k| k.details.key_id.as_str()),
-            project_id: self
-                .key
-                .as_deref()
-                .and_then(|k| k.details.project_id.as_deref()),
-            code: self.code,
-            ip: attrs.and_then(RequestAttrs::ip),
-            method: attrs.and_then(RequestAttrs::method),
-            path: attrs.and_then(RequestAttrs::path),
-            origin: attrs.and_then(RequestAttrs::origin),
+            api_id,
+            key_id,
+            project_id,
+            ..self.as_ref_without_ids()
         }
     }
+}
+
+/// The api, key and project ids of `key`'s events.
+pub fn key_ids(key: &CachedKey) -> Ids<'_> {
+    let details = &key.details;
+    (
+        Some(details.api_id.as_str()),
+        Some(details.key_id.as_str()),
+        details.project_id.as_deref(),
+    )
 }
 
 /// Where [`crate::Service::verify`] hands each verdict. Must not block or fail: the hot path
