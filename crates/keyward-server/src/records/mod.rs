@@ -336,12 +336,12 @@ impl<'a> Pending<'a> {
     /// reference to them across an `.await` could not be spawned.
     fn push(&mut self, events: &[AccessEvent], anchors: &'a Anchors) {
         for e in events {
-            if !self.open.contains_key(&*e.workspace_id) {
-                let workspace: &'a str = anchors.workspaces.alloc(Arc::clone(&e.workspace_id));
-                self.open.insert(workspace, Encoder::default());
-            }
-            let Some(encoder) = self.open.get_mut(&*e.workspace_id) else {
-                continue;
+            let encoder = match self.open.get_mut(&*e.workspace_id) {
+                Some(encoder) => encoder,
+                None => {
+                    let workspace: &'a str = anchors.workspaces.alloc(Arc::clone(&e.workspace_id));
+                    self.open.entry(workspace).or_default()
+                }
             };
             // Every event of a key borrows its ids from the same details, read at its first.
             let source = e.source();
