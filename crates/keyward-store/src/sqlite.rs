@@ -96,6 +96,25 @@ crate::vault::impl_vault_store!(SqliteStore);
 mod tests {
     use super::*;
 
+    /// A store on a fresh database in a temporary directory (kept alive by the caller).
+    async fn opened() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let store = SqliteStore::open(&dir.path().join("kw.db"))
+            .await
+            .unwrap_or_else(|e| panic!("open: {e}"));
+        (dir, store)
+    }
+
+    /// [`opened`], with every migration applied.
+    async fn migrated() -> (tempfile::TempDir, SqliteStore) {
+        let (dir, store) = opened().await;
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        (dir, store)
+    }
+
     async fn pragma(store: &SqliteStore, name: &str) -> String {
         let value: Result<String, _> =
             sqlx::query_scalar(&format!("SELECT CAST(({}) AS TEXT)", name))
@@ -106,10 +125,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_are_durable_wal_with_foreign_keys_and_a_busy_timeout() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let store = SqliteStore::open(&dir.path().join("kw.db"))
-            .await
-            .unwrap_or_else(|e| panic!("open: {e}"));
+        let (_dir, store) = opened().await;
         assert_eq!(
             pragma(&store, "SELECT journal_mode FROM pragma_journal_mode").await,
             "wal"
@@ -137,14 +153,7 @@ mod tests {
         use keyward_core::access_log::encode_events;
         use keyward_core::records::{RecordStore, VerificationEvent};
         use keyward_core::verify::Code;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let store = SqliteStore::open(&dir.path().join("kw.db"))
-            .await
-            .unwrap_or_else(|e| panic!("open: {e}"));
-        store
-            .migrate()
-            .await
-            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        let (_dir, store) = migrated().await;
         let flush = |key: &str| {
             let event = VerificationEvent {
                 id: String::new(),
@@ -210,10 +219,7 @@ mod tests {
     #[tokio::test]
     async fn migration_0006_carries_the_old_term_index_over() {
         use keyward_core::records::{RecordStore, VerificationEvent, VerificationFilter};
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let store = SqliteStore::open(&dir.path().join("kw.db"))
-            .await
-            .unwrap_or_else(|e| panic!("open: {e}"));
+        let (_dir, store) = opened().await;
         let mut before = sqlx::migrate!("./migrations/sqlite");
         before.migrations = before
             .migrations
