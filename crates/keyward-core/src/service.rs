@@ -1138,12 +1138,11 @@ impl Service {
         let Some(cached) = self.lookup(token, now.unix_ms()).await? else {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         };
-        let key = &cached.record.key;
         // Security: keys of other workspaces, other apis or apis outside the caller's scope
         // are indistinguishable from unknown keys.
         if !cached.in_workspace(&actor.workspace_id)
-            || req.api_id.is_some_and(|a| a != key.api_id)
-            || !actor.allows("keys.verify", Some(&key.api_id))
+            || req.api_id.is_some_and(|a| a != cached.api_id())
+            || !actor.allows("keys.verify", Some(cached.api_id()))
         {
             return Ok(denied(Code::NotFound, explain, "exists", "no such key"));
         }

@@ -149,9 +149,6 @@ pub struct KeyDetails {
     /// The rate limits the key is charged (its own, then its project's; those whose period
     /// no longer parses are skipped, as [`crate::limits::declared`] does).
     pub rate_limits: Vec<LimitHeader>,
-    /// The fields above but the rate limits as JSON object members (`"key_id":…,…`),
-    /// serialized once.
-    json: String,
 }
 
 /// The key fields of a verify response, in response order.
@@ -176,39 +173,41 @@ struct DetailsJson<'a> {
 impl KeyDetails {
     fn new(record: &VerifyRecord, permissions: Vec<String>) -> Self {
         let k = &record.key;
-        let external_id = record.project.as_ref().and_then(|p| p.external_id.clone());
-        let json = serde_json::to_string(&DetailsJson {
-            key_id: &k.id,
-            api_id: &k.api_id,
-            project_id: k.project_id.as_deref(),
-            name: &k.name,
-            external_id: external_id.as_deref(),
-            permissions: &permissions,
-            meta: &k.meta,
-            expires_at: k.expires_at,
-        })
-        // A map of JSON values and strings always serializes.
-        .unwrap_or_else(|_| "{}".to_owned());
-        let members = json
-            .strip_prefix('{')
-            .and_then(|j| j.strip_suffix('}'))
-            .unwrap_or_default()
-            .to_owned();
         Self {
             key_id: k.id.clone(),
             api_id: k.api_id.clone(),
             project_id: k.project_id.clone(),
             workspace_id: k.workspace_id.clone(),
             name: k.name.clone(),
-            external_id,
+            external_id: record.project.as_ref().and_then(|p| p.external_id.clone()),
             permissions,
             meta: k.meta.clone(),
             expires_at: k.expires_at,
             rate_limits: crate::limits::declared(record)
                 .map(|(_, l, gcra)| LimitHeader::new(&l.name, gcra.limit))
                 .collect(),
-            json: members,
         }
+    }
+
+    /// The fields but the rate limits as JSON object members (`"key_id":…,…`).
+    fn members_json(&self) -> Box<str> {
+        let json = serde_json::to_string(&DetailsJson {
+            key_id: &self.key_id,
+            api_id: &self.api_id,
+            project_id: self.project_id.as_deref(),
+            name: &self.name,
+            external_id: self.external_id.as_deref(),
+            permissions: &self.permissions,
+            meta: &self.meta,
+            expires_at: self.expires_at,
+        })
+        // A map of JSON values and strings always serializes.
+        .unwrap_or_else(|_| "{}".to_owned());
+        Box::from(
+            json.strip_prefix('{')
+                .and_then(|j| j.strip_suffix('}'))
+                .unwrap_or_default(),
+        )
     }
 }
 
@@ -288,7 +287,8 @@ impl VerifyResponse {
         // Room for all of it: exactly, for a verdict without a quota, limits or explanation
         // (so that the caller's `into_boxed_slice` need not shrink it); otherwise room for
         // the quota and each limit (its head, two numbers, an instant, the punctuation).
-        let details = self.details().map_or(0, |k| 1 + k.json.len());
+        let members = self.key.as_deref().map(|k| k.json.as_bytes());
+        let details = members.map_or(0, |m| 1 + m.len());
         let usage = self.usage.as_ref().map_or(0, |_| 48);
         let limits: usize = match self.details() {
             Some(k) if !self.limits.is_empty() => {
@@ -307,9 +307,9 @@ impl VerifyResponse {
         out.extend_from_slice(head);
         out.extend_from_slice(code);
         out.push(b'"');
-        if let Some(k) = self.details() {
+        if let Some(members) = members {
             out.push(b',');
-            out.extend_from_slice(k.json.as_bytes());
+            out.extend_from_slice(members);
         }
         // By hand, as `UsageState` and `RateLimitState` serialize: through serde, a key's
         // quota and two limits cost ~4,000 instructions a verify, most of the rules' cost.
@@ -434,20 +434,26 @@ pub struct VerifyResponseSchema {
 // The key cache
 
 /// What the cache holds for one key: the record plus what every verification would otherwise
-/// recompute — the effective permissions and the parsed IP allow-list.
+/// recompute — the effective permissions, the verdict's JSON and the parsed IP allow-list.
 ///
-/// Laid out in declaration order (`repr(C)`), what a verify reads first: the gate's checks
-/// and the rules it charges sit in the entry's first cache lines; then the details, read when
-/// a verdict is written; the ~1 KB record last, read only when a check needs more.
+/// Laid out in declaration order (`repr(C)`), what a verify reads first: the gate's checks,
+/// the verdict's JSON and the head of the rules (the last use, whether there is any counter)
+/// sit next to each other in the entry's first two cache lines, so that a key not used for a
+/// while costs two misses there instead of one per field; then the rest of the rules, read
+/// when a key has any; the details, read by the access log; the ~1 KB record last, read
+/// only when a check needs more.
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub struct CachedKey {
     gate: Gate,
+    /// [`KeyDetails`] but the rate limits as JSON object members (`"key_id":…,…`),
+    /// serialized once: every verdict about the key copies them.
+    json: Box<str>,
+    /// Handles to the key's rate-limit and quota counters (empty from [`CachedKey::new`]).
+    pub rules: crate::limits::KeyRules,
     /// `restrictions.ips` parsed; `None` when the key has no IP restriction. Entries that do
     /// not parse are dropped, so a list of only bad entries allows nothing (fails closed).
     ips: Option<Vec<NetMask>>,
-    /// Handles to the key's rate-limit and quota counters (empty from [`CachedKey::new`]).
-    pub rules: crate::limits::KeyRules,
     /// What verdicts say about the key. `details.permissions` are the key's own permissions
     /// plus those of its roles (from `api.roles`), deduplicated, in that order; roles the api
     /// does not define contribute nothing.
@@ -461,12 +467,20 @@ struct Gate {
     /// The workspace id's bytes, when it fits (ids are 25 bytes), so that the tenant check
     /// compares them in place instead of following the record's `String`.
     workspace: Option<([u8; WORKSPACE_INLINE], u8)>,
-    expires_at: Option<UnixNanos>,
+    /// The key's api, which the caller's scope and the request's `api_id` are checked
+    /// against.
+    api_id: Box<str>,
+    /// [`NEVER`] for a key that does not expire: 8 bytes, not an `Option`'s 16.
+    expires_at: UnixNanos,
     state: KeyState,
     restricted: bool,
 }
 
 const WORKSPACE_INLINE: usize = 31;
+
+/// [`Gate::expires_at`] of a key that does not expire. (An expiry past 2262 saturates to it
+/// too, and so does not expire either.)
+const NEVER: UnixNanos = UnixNanos(i64::MAX);
 
 impl Gate {
     fn new(key: &crate::model::Key) -> Self {
@@ -479,7 +493,8 @@ impl Gate {
         });
         Self {
             workspace,
-            expires_at: key.expires_at.map(UnixNanos::of),
+            api_id: Box::from(key.api_id.as_str()),
+            expires_at: key.expires_at.map_or(NEVER, UnixNanos::of),
             state: key.state,
             restricted: key.restrictions.is_some(),
         }
@@ -494,6 +509,11 @@ impl CachedKey {
             rules,
             ..Self::new(record)
         }
+    }
+
+    /// The key's api.
+    pub fn api_id(&self) -> &str {
+        &self.gate.api_id
     }
 
     /// Whether the key belongs to `workspace_id`.
@@ -529,12 +549,14 @@ impl CachedKey {
                     .map(NetMask::new)
                     .collect()
             });
+        let details = KeyDetails::new(&record, effective);
         Self {
             gate: Gate::new(&record.key),
-            details: KeyDetails::new(&record, effective),
-            record,
-            ips,
+            json: details.members_json(),
             rules: crate::limits::KeyRules::default(),
+            ips,
+            details,
+            record,
         }
     }
 }
@@ -793,7 +815,7 @@ pub fn evaluate(
             break 'checks Code::Disabled;
         }
 
-        let expired = gate.expires_at.is_some_and(|at| at <= now);
+        let expired = gate.expires_at != NEVER && gate.expires_at <= now;
         if let Some(steps) = steps.as_mut() {
             let reason = match k.expires_at {
                 None => "key does not expire".to_owned(),
@@ -1310,6 +1332,17 @@ mod tests {
         let mut rec = record(1, "api_1", "prj_1");
         rec.key.restrictions = Some(r);
         CachedKey::new(rec)
+    }
+
+    #[test]
+    fn what_every_verify_reads_sits_in_the_entrys_first_two_cache_lines() {
+        // An `Arc`'s two counts come first; the gate and the JSON's handle, then the rules'
+        // first bytes.
+        let counts = 2 * std::mem::size_of::<usize>();
+        let end =
+            counts + std::mem::offset_of!(CachedKey, rules) + crate::limits::KeyRules::HOT_BYTES;
+        assert!(end <= 128, "they end at byte {end}");
+        assert!(std::mem::offset_of!(CachedKey, json) < std::mem::offset_of!(CachedKey, rules));
     }
 
     #[test]
