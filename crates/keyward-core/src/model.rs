@@ -264,6 +264,9 @@ pub struct Key {
     pub updated_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// The key's last use (a verification while it was live), to the second: a use less
+    /// than a second after the recorded one, from the same ip, is not recorded again. Stored
+    /// within 30 s of the use.
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_used_at: Option<OffsetDateTime>,
     /// The request `ip` of the last use, when the verify call carried one.
