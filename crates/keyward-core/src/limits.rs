@@ -652,12 +652,8 @@ impl KeyRules {
         let hash = ip.map(|ip| ip_hash(Some(ip)));
         // Concurrent uses may both pass this check or both skip it; either records one of
         // them, and neither is ordered before the other.
-        if now_ms
-            < self
-                .seen
-                .at_ms
-                .load(Ordering::Relaxed)
-                .saturating_add(LAST_USE_TICK_MS)
+        let recorded_ms = self.seen.at_ms.load(Ordering::Relaxed);
+        if now_ms < recorded_ms.saturating_add(LAST_USE_TICK_MS)
             && hash.is_none_or(|h| h == self.seen.ip_hash.load(Ordering::Relaxed))
         {
             return;
@@ -672,10 +668,9 @@ impl KeyRules {
         if u.at_ms.load(Ordering::Relaxed) < now_ms {
             u.at_ms.fetch_max(now_ms, Ordering::SeqCst);
         }
-        if let Some(ip) = ip {
+        if let (Some(ip), Some(hash)) = (ip, hash) {
             // The same ip as last time (the usual case) is recognised by its hash, without
             // the lock; a different hash takes the lock and compares the strings.
-            let hash = hash.unwrap_or_default();
             if u.ip_hash.load(Ordering::Relaxed) != hash {
                 let mut last = u.ip.lock().unwrap_or_else(PoisonError::into_inner);
                 if last.as_deref() != Some(ip) {
