@@ -926,7 +926,7 @@ mod tests {
                 recoverable: false,
                 usage_refilled_at: None,
             },
-            api: Api {
+            api: Arc::new(Api {
                 id: "api_1".into(),
                 workspace_id: "ws_1".into(),
                 name: "a".into(),
@@ -939,8 +939,8 @@ mod tests {
                 policies: ApiPolicies::default(),
                 created_at: NOW,
                 updated_at: NOW,
-            },
-            project: Some(Project {
+            }),
+            project: Some(Arc::new(Project {
                 id: "prj_1".into(),
                 workspace_id: "ws_1".into(),
                 name: "p".into(),
@@ -950,7 +950,7 @@ mod tests {
                 rate_limits: vec![],
                 created_at: NOW,
                 updated_at: NOW,
-            }),
+            })),
         }
     }
 
@@ -1123,7 +1123,7 @@ mod tests {
 
         let mut p1 = record(vec![], None);
         p1.key.identity_id = "key_3".into();
-        if let Some(p) = p1.project.as_mut() {
+        if let Some(p) = p1.project.as_mut().map(Arc::make_mut) {
             p.rate_limits = vec![limit("shared", 3, "1h")];
         }
         let mut p2 = p1.clone();
@@ -1150,7 +1150,7 @@ mod tests {
             ],
             None,
         );
-        if let Some(p) = rec.project.as_mut() {
+        if let Some(p) = rec.project.as_mut().map(Arc::make_mut) {
             p.rate_limits = vec![limit("shared", 1, "1h")];
         }
         let limits = Limits::new();

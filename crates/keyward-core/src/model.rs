@@ -331,11 +331,15 @@ pub struct RootKey {
 }
 
 /// What a verify needs about a key, loaded in one round trip on a cache miss.
+///
+/// The api and project are shared: the key cache gives every cached key of one api (or
+/// project) the same copy of it ([`crate::verify::KeyCache::share`]), so that a million keys
+/// of a few apis do not hold a million copies of them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifyRecord {
     pub key: Key,
-    pub api: Api,
-    pub project: Option<Project>,
+    pub api: std::sync::Arc<Api>,
+    pub project: Option<std::sync::Arc<Project>>,
 }
 
 /// A page request for listings. `after` is the last id of the previous page.

@@ -1534,7 +1534,7 @@ impl Service {
             {
                 return Ok(None);
             }
-            let cached = CachedKey::with_limits(record, &self.limits);
+            let cached = CachedKey::with_limits(self.cache.share(record), &self.limits);
             if !trusted {
                 return Ok(Some(Arc::new(cached)));
             }

@@ -4,14 +4,15 @@
 //! charged only when every earlier check passed.
 
 use crate::clock::UnixNanos;
-use crate::model::{KeyState, Meta, Restrictions, VerifyInput, VerifyRecord};
+use crate::model::{Api, KeyState, Meta, Project, Restrictions, VerifyInput, VerifyRecord};
 use crate::perm::Expr;
 use dashmap::DashMap;
 use ipnet::IpNet;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
@@ -597,6 +598,71 @@ pub struct KeyCache {
     /// that invalidating it by its stored digest finds it.
     aliases: DashMap<[u8; 32], [u8; 32], DigestHashBuilder>,
     epoch: AtomicU64,
+    /// The copies of apis and projects the cached keys share (see [`KeyCache::share`]).
+    apis: Shared<Api>,
+    projects: Shared<Project>,
+}
+
+/// One copy of each object (an api, a project) that cached keys refer to, by id: a record
+/// loaded with an object equal to the one held here gets this one instead of its own.
+///
+/// Held weakly: an object no cached key holds any more is dropped with the last key, and
+/// its entry here is swept once the map has doubled since the last sweep.
+#[derive(Debug)]
+struct Shared<T> {
+    by_id: Mutex<SharedMap<T>>,
+}
+
+#[derive(Debug)]
+struct SharedMap<T> {
+    objects: HashMap<String, Weak<T>>,
+    /// The map's size at which dead entries are swept next.
+    sweep_at: usize,
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Self {
+            by_id: Mutex::new(SharedMap {
+                objects: HashMap::new(),
+                sweep_at: SWEEP_AT_LEAST,
+            }),
+        }
+    }
+}
+
+/// [`SharedMap::sweep_at`]'s floor: small maps are not swept at every insert.
+const SWEEP_AT_LEAST: usize = 64;
+
+impl<T: PartialEq> Shared<T> {
+    /// The copy held for `fresh`'s id when it equals `fresh`; otherwise `fresh`, which is
+    /// held from now on (a changed object replaces the old copy for keys loaded after the
+    /// change).
+    fn share(&self, fresh: Arc<T>, id: fn(&T) -> &str) -> Arc<T> {
+        // A panic elsewhere cannot leave the map inconsistent: it only holds weak handles.
+        let mut map = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = map.objects.get(id(&fresh)).and_then(Weak::upgrade) {
+            if *held == *fresh {
+                return held;
+            }
+        }
+        if map.objects.len() >= map.sweep_at {
+            map.objects.retain(|_, held| held.strong_count() > 0);
+            map.sweep_at = (map.objects.len() * 2).max(SWEEP_AT_LEAST);
+        }
+        map.objects
+            .insert(id(&fresh).to_owned(), Arc::downgrade(&fresh));
+        fresh
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .objects
+            .len()
+    }
 }
 
 /// Hashes a digest by its first 8 bytes instead of running SipHash over all 32.
@@ -646,9 +712,21 @@ impl KeyCache {
         self.epoch.load(Ordering::SeqCst)
     }
 
-    /// Caches `record` under its key's digest unless something was invalidated since
-    /// `epoch_before_load`; returns the entry either way.
+    /// `record` with its api and project replaced by the copies cached keys already share,
+    /// where they are equal. Every record the cache is filled with should pass through here:
+    /// memory then grows with the number of keys, not keys × the size of their api.
+    pub fn share(&self, mut record: VerifyRecord) -> VerifyRecord {
+        record.api = self.apis.share(record.api, |api| &api.id);
+        record.project = record
+            .project
+            .map(|project| self.projects.share(project, |project| &project.id));
+        record
+    }
+
+    /// Caches `record` (shared, see [`KeyCache::share`]) under its key's digest unless
+    /// something was invalidated since `epoch_before_load`; returns the entry either way.
     pub fn fill(&self, record: VerifyRecord, epoch_before_load: u64) -> Arc<CachedKey> {
+        let record = self.share(record);
         self.fill_cached(CachedKey::new(record), epoch_before_load)
     }
 
@@ -1293,7 +1371,7 @@ mod tests {
                 recoverable: false,
                 usage_refilled_at: None,
             },
-            api: Api {
+            api: Arc::new(Api {
                 id: api.to_owned(),
                 workspace_id: "ws_1".to_owned(),
                 name: "orders".to_owned(),
@@ -1306,8 +1384,8 @@ mod tests {
                 policies: ApiPolicies::default(),
                 created_at: NOW,
                 updated_at: NOW,
-            },
-            project: Some(Project {
+            }),
+            project: Some(Arc::new(Project {
                 id: project.to_owned(),
                 workspace_id: "ws_1".to_owned(),
                 name: "shop".to_owned(),
@@ -1317,7 +1395,7 @@ mod tests {
                 rate_limits: Vec::new(),
                 created_at: NOW,
                 updated_at: NOW,
-            }),
+            })),
         }
     }
 
@@ -1418,7 +1496,7 @@ mod tests {
         };
         // A period that no longer parses is skipped by the rules, and so by the verdicts.
         rec.key.rate_limits = vec![limit("per-second", 10, "1s"), limit("old", 5, "soon")];
-        if let Some(p) = rec.project.as_mut() {
+        if let Some(p) = rec.project.as_mut().map(Arc::make_mut) {
             p.rate_limits = vec![limit("shared \"q\"", 0, "1h")];
         }
         let with_all = CachedKey::new(rec);
@@ -1793,6 +1871,59 @@ mod tests {
             assert_eq!(f, field, "{message}");
             assert!(!message.is_empty());
         }
+    }
+
+    #[test]
+    fn cached_keys_of_one_api_and_project_share_one_copy_of_each_until_it_changes() {
+        let cache = KeyCache::new();
+        // Each record arrives with copies of its own, as from the store.
+        let a = cache.fill(record(1, "api_1", "prj_1"), cache.epoch());
+        let b = cache.fill(record(2, "api_1", "prj_1"), cache.epoch());
+        assert!(Arc::ptr_eq(&a.record.api, &b.record.api));
+        let project = |k: &CachedKey| Arc::clone(k.record.project.as_ref().expect("project"));
+        assert!(Arc::ptr_eq(&project(&a), &project(&b)));
+
+        // A changed api (or project) is not swapped for the old copy; keys loaded after the
+        // change share the new one.
+        let mut changed = record(3, "api_1", "prj_2");
+        Arc::make_mut(&mut changed.api).name = "orders v2".to_owned();
+        let c = cache.fill(changed, cache.epoch());
+        assert_eq!(c.record.api.name, "orders v2");
+        assert!(!Arc::ptr_eq(&a.record.api, &c.record.api));
+        assert_eq!(project(&c).id, "prj_2");
+        let mut again = record(4, "api_1", "prj_2");
+        Arc::make_mut(&mut again.api).name = "orders v2".to_owned();
+        let d = cache.fill(again, cache.epoch());
+        assert!(Arc::ptr_eq(&c.record.api, &d.record.api));
+        assert!(Arc::ptr_eq(&project(&c), &project(&d)));
+        assert_eq!(
+            a.record.api.name, "orders",
+            "a key cached before keeps what it read"
+        );
+    }
+
+    #[test]
+    fn the_shared_copies_of_apis_no_key_holds_are_swept() {
+        let cache = KeyCache::new();
+        for i in 0..1000u32 {
+            let digest = (i % 200) as u8;
+            cache.fill(record(digest, &format!("api_{i}"), "prj_1"), cache.epoch());
+            // Every api's only key is forgotten at once: nothing holds its copy any more.
+            cache.clear();
+        }
+        assert!(
+            cache.apis.len() <= 2 * SWEEP_AT_LEAST,
+            "{} apis held",
+            cache.apis.len()
+        );
+        // A held one is kept through sweeps.
+        let kept = cache.fill(record(7, "api_kept", "prj_1"), cache.epoch());
+        for i in 0..1000u32 {
+            cache.fill(record(8, &format!("api_more_{i}"), "prj_1"), cache.epoch());
+            cache.invalidate_key(&[8; 32]);
+        }
+        let again = cache.share(record(9, "api_kept", "prj_1"));
+        assert!(Arc::ptr_eq(&kept.record.api, &again.api));
     }
 
     #[test]

@@ -352,7 +352,7 @@ fn record_with_ips(ips: Vec<String>) -> Arc<CachedKey> {
             recoverable: false,
             usage_refilled_at: None,
         },
-        api: Api {
+        api: Arc::new(Api {
             id: "api_1".to_owned(),
             workspace_id: "ws_1".to_owned(),
             name: "api".to_owned(),
@@ -365,7 +365,7 @@ fn record_with_ips(ips: Vec<String>) -> Arc<CachedKey> {
             policies: ApiPolicies::default(),
             created_at: now,
             updated_at: now,
-        },
+        }),
         project: None,
     }))
 }

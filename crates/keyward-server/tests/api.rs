@@ -330,6 +330,62 @@ async fn unknown_routes_and_methods_are_problems() {
     assert_eq!(r.body["code"], "method_not_allowed");
 }
 
+// --- the key cache -----------------------------------------------------------------------
+
+/// A million keys of a few apis must not hold a million copies of them: keys loaded from the
+/// store on a cache miss share one copy of their api and project, and a key loaded after an
+/// api change gets the changed api.
+#[tokio::test]
+async fn keys_loaded_from_the_store_share_one_copy_of_their_api_and_project() {
+    let app = TestApp::new().await;
+    let api = app.create_api("orders", "orders").await;
+    let project = app.post("/v1/projects", json!({"name": "shop"})).await;
+    let project = project.body["id"].as_str().expect("project id").to_owned();
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let body = json!({"api_id": api, "project_id": project, "name": name});
+        keys.push(app.create_key(body).await.1);
+    }
+    let actor = app
+        .service
+        .authenticate(&app.root)
+        .await
+        .expect("authenticate")
+        .expect("root key");
+    // Each verify misses the cache (the keys are new) and loads its key from the store.
+    let cached = |key: &str| {
+        let req = keyward_core::model::VerifyRequest {
+            key: keyward_core::secret::KeyMaterial::new(key.to_owned()),
+            ..Default::default()
+        };
+        let (service, actor) = (Arc::clone(&app.service), Arc::clone(&actor));
+        async move {
+            let verdict = service.verify(&actor, &req, false).await.expect("verify");
+            assert!(verdict.valid, "{:?}", verdict.code);
+            verdict.key.expect("the cached key")
+        }
+    };
+    let (a, b) = (cached(&keys[0]).await, cached(&keys[1]).await);
+    assert!(Arc::ptr_eq(&a.record.api, &b.record.api));
+    let project_of = |k: &keyward_core::verify::CachedKey| {
+        Arc::clone(k.record.project.as_ref().expect("project"))
+    };
+    assert!(Arc::ptr_eq(&project_of(&a), &project_of(&b)));
+
+    let r = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/apis/{api}"),
+            &app.root,
+            Some(json!({"name": "orders v2"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let b = cached(&keys[1]).await;
+    assert_eq!(b.record.api.name, "orders v2");
+    assert!(!Arc::ptr_eq(&a.record.api, &b.record.api));
+}
+
 // --- permissions and isolation -----------------------------------------------------------
 
 #[tokio::test]

@@ -722,8 +722,8 @@ pub async fn find_key_returns_key_api_and_project_in_one_record(store: Arc<dyn S
         .step("find")
         .unwrap_or_else(|| panic!("key with project not found"));
     assert_eq!(record.key, with_project);
-    assert_eq!(record.api, a);
-    assert_eq!(record.project.as_ref(), Some(&p));
+    assert_eq!(*record.api, a);
+    assert_eq!(record.project.as_deref(), Some(&p));
 
     let record = store
         .find_key(&without.digest)
@@ -731,7 +731,7 @@ pub async fn find_key_returns_key_api_and_project_in_one_record(store: Arc<dyn S
         .step("find")
         .unwrap_or_else(|| panic!("key without project not found"));
     assert_eq!(record.key, without);
-    assert_eq!(record.api, a);
+    assert_eq!(*record.api, a);
     assert_eq!(record.project, None);
 
     let other_version = KeyDigest {

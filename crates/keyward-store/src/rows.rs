@@ -358,8 +358,8 @@ impl TryFrom<VerifyRow> for VerifyRecord {
         };
         Ok(VerifyRecord {
             key: Key::try_from(r.key)?,
-            api: Api::try_from(api)?,
-            project,
+            api: std::sync::Arc::new(Api::try_from(api)?),
+            project: project.map(std::sync::Arc::new),
         })
     }
 }

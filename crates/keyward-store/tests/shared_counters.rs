@@ -103,7 +103,7 @@ fn record(id: &str) -> VerifyRecord {
             recoverable: false,
             usage_refilled_at: None,
         },
-        api: Api {
+        api: Arc::new(Api {
             id: "api_1".into(),
             workspace_id: "ws_1".into(),
             name: "a".into(),
@@ -116,8 +116,8 @@ fn record(id: &str) -> VerifyRecord {
             policies: ApiPolicies::default(),
             created_at: START,
             updated_at: START,
-        },
-        project: Some(Project {
+        }),
+        project: Some(Arc::new(Project {
             id: format!("prj_{id}"),
             workspace_id: "ws_1".into(),
             name: "p".into(),
@@ -127,7 +127,7 @@ fn record(id: &str) -> VerifyRecord {
             rate_limits: vec![limit("project", 600, "1m")],
             created_at: START,
             updated_at: START,
-        }),
+        })),
     }
 }
 

@@ -185,9 +185,10 @@ impl Fixture {
     }
 
     /// Puts `n` keys straight into the cache (not the store), as a verification miss would
-    /// after loading them (under their lookup digests): copies of a record `Store::find_key` returned (no project, no
-    /// permissions, no limits), each with its own id, name and digest. Returns their
-    /// plaintexts. Prints the resident memory the cache grew by.
+    /// after loading them (under their lookup digests): copies of a record `Store::find_key`
+    /// returned (no project, no permissions, no limits), each with its own id, name and
+    /// digest, sharing the record's api as `KeyCache::share` makes keys of one api share it.
+    /// Returns their plaintexts. Prints the resident memory the cache grew by.
     fn fill_cache(&self, n: usize) -> Vec<KeyMaterial> {
         let started = Instant::now();
         let plaintexts: Vec<KeyMaterial> = (0..n).map(|_| keyfmt::generate("kw")).collect();
