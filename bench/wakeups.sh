@@ -7,7 +7,7 @@
 # and 4 s of it are traced (`perf record -a -e sched:sched_switch`). Prints req/s and, per
 # request, the switches of wrk to idle (each one a wake-up the server pays for with its next
 # response: an inter-processor interrupt, a VM exit on a guest), of the server to idle, and
-# of the server to another of its threads.
+# of the server to another task (its store threads, mostly; anything else on its CPU too).
 #
 # Needs the harness's build and seed (see README.md): HELLO (default
 # $BENCH_WORK/target/release/hello, BENCH_WORK=/root/kw-bench) and SEED (default
@@ -43,7 +43,7 @@ import re, sys
 name, server, wrk_out = sys.argv[1], sys.argv[2][:15], sys.argv[3]
 rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", open(wrk_out).read()).group(1))
 n = rps * 4
-wrk_idle = server_idle = server_threads = 0
+wrk_idle = server_idle = server_other = 0
 for line in sys.stdin:
     prev = re.search(r"prev_comm=(\S+)", line)
     nxt = re.search(r"next_comm=(\S+)", line)
@@ -55,9 +55,9 @@ for line in sys.stdin:
     elif prev == server and nxt.startswith("swapper"):
         server_idle += 1
     elif prev == server and nxt != server and not nxt.startswith(("swapper", "ksoftirqd", "kworker")):
-        server_threads += 1
-print("%-12s req/s %7.0f  per request: wrk to idle %.4f  server to idle %.4f  server to its threads %.4f"
-      % (name, rps, wrk_idle / n, server_idle / n, server_threads / n))
+        server_other += 1
+print("%-12s req/s %7.0f  per request: wrk to idle %.4f  server to idle %.4f  server to another task %.4f"
+      % (name, rps, wrk_idle / n, server_idle / n, server_other / n))
 ' "$name" "$comm" "$OUT/$name.wrk"
 }
 
