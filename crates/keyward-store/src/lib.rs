@@ -9,6 +9,7 @@ mod conformance_records;
 mod conformance_users;
 mod conformance_webhooks;
 mod error;
+mod key_reader;
 mod migrations;
 mod postgres;
 mod records;

@@ -13,6 +13,7 @@ use keyward_core::model::{
 use keyward_core::store::StoreResult;
 use keyward_core::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::Connection as _;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,10 @@ const CHANGES_CHANNEL: &str = "keyward_cache_changes";
 /// How long a failed listener waits before trying again.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection used this recently is handed out without a ping first (as HikariCP's
+/// `aliveBypassWindowMs`): under load every query would otherwise wait for two round trips.
+/// One idle for longer is pinged, and replaced if the server or network dropped it.
+const ALIVE_BYPASS: Duration = Duration::from_millis(500);
 
 /// A [`keyward_core::Store`] on a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -45,6 +50,15 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= ALIVE_BYPASS {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(map_sqlx)?;
@@ -64,6 +78,14 @@ impl PgStore {
     /// Closes every connection of the pool.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// The row [`sql::FIND_KEY`] reads for a verify that missed the cache.
+    async fn find_key_row(&self, digest: &KeyDigest) -> Result<Option<VerifyRow>, sqlx::Error> {
+        sqlx::query_as(sql::FIND_KEY)
+            .bind(&digest.bytes[..])
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// `LISTEN`s on the change feed's channel with a connection of its own and wakes `wake`

@@ -302,6 +302,75 @@ pub(crate) struct VerifyRow {
     p_updated_at: Option<i64>,
 }
 
+impl VerifyRow {
+    /// The row as [`crate::key_reader::KeyReader`] reads it: column after column, in the
+    /// order of [`crate::sql::FIND_KEY`] (a search by name compares every column's name, and
+    /// took more time than the query). Debug builds check each column's name.
+    pub(crate) fn from_sqlite(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        let mut at = 0;
+        macro_rules! col {
+            ($name:literal) => {{
+                debug_assert_eq!(row.as_ref().column_name(at).ok(), Some($name));
+                at += 1;
+                row.get(at - 1)?
+            }};
+        }
+        Ok(Self {
+            key: KeyRow {
+                id: col!("id"),
+                workspace_id: col!("workspace_id"),
+                api_id: col!("api_id"),
+                project_id: col!("project_id"),
+                name: col!("name"),
+                start: col!("start"),
+                digest: col!("digest"),
+                digest_version: col!("digest_version"),
+                state: col!("state"),
+                state_reason: col!("state_reason"),
+                permissions: col!("permissions"),
+                roles: col!("roles"),
+                meta: col!("meta"),
+                expires_at: col!("expires_at"),
+                rate_limits: col!("rate_limits"),
+                usage_limit: col!("usage_limit"),
+                restrictions: col!("restrictions"),
+                rotated_from: col!("rotated_from"),
+                rotated_to: col!("rotated_to"),
+                created_at: col!("created_at"),
+                updated_at: col!("updated_at"),
+                revoked_at: col!("revoked_at"),
+                last_used_at: col!("last_used_at"),
+                identity_id: col!("identity_id"),
+                usage_remaining: col!("usage_remaining"),
+                usage_refilled_at: col!("usage_refilled_at"),
+                last_used_ip: col!("last_used_ip"),
+                recoverable: col!("recoverable"),
+            },
+            a_id: col!("a_id"),
+            a_workspace_id: col!("a_workspace_id"),
+            a_name: col!("a_name"),
+            a_prefix: col!("a_prefix"),
+            a_permissions: col!("a_permissions"),
+            a_roles: col!("a_roles"),
+            a_default_permissions: col!("a_default_permissions"),
+            a_default_rate_limits: col!("a_default_rate_limits"),
+            a_default_usage_limit: col!("a_default_usage_limit"),
+            a_policies: col!("a_policies"),
+            a_created_at: col!("a_created_at"),
+            a_updated_at: col!("a_updated_at"),
+            p_id: col!("p_id"),
+            p_workspace_id: col!("p_workspace_id"),
+            p_name: col!("p_name"),
+            p_external_id: col!("p_external_id"),
+            p_meta: col!("p_meta"),
+            p_owner: col!("p_owner"),
+            p_rate_limits: col!("p_rate_limits"),
+            p_created_at: col!("p_created_at"),
+            p_updated_at: col!("p_updated_at"),
+        })
+    }
+}
+
 impl TryFrom<VerifyRow> for VerifyRecord {
     type Error = StoreError;
 

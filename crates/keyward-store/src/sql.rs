@@ -644,11 +644,7 @@ macro_rules! impl_store {
             }
 
             async fn find_key(&self, digest: &KeyDigest) -> StoreResult<Option<VerifyRecord>> {
-                let row: Option<VerifyRow> = sqlx::query_as(sql::FIND_KEY)
-                    .bind(&digest.bytes[..])
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map_sqlx)?;
+                let row = self.find_key_row(digest).await.map_err(map_sqlx)?;
                 row.map(VerifyRecord::try_from).transpose()
             }
 

@@ -1,6 +1,7 @@
 //! The `Store` on an embedded SQLite file: what `keyward serve` uses out of the box.
 
 use crate::error::map_sqlx;
+use crate::key_reader::KeyReader;
 use crate::migrations;
 use crate::rows::{
     listing, ms, ms_opt, page_after, page_limit, to_json, to_json_opt, ApiRow, KeyRow, ProjectRow,
@@ -28,6 +29,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Reads a key for a verify that missed the cache, on the calling thread.
+    key_reader: std::sync::Arc<KeyReader>,
     /// Term segments already written (see `records::WrittenSegments`).
     segments: std::sync::Arc<crate::records::WrittenSegments>,
 }
@@ -57,11 +60,17 @@ impl SqliteStore {
             .pragma("cache_size", "-16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A connection to a local file cannot drop. sqlx's default pings every connection
+            // it hands out: a round trip to the connection's worker thread before each query.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(map_sqlx)?;
+        // After the pool, which created the file and put it in WAL mode.
+        let key_reader = KeyReader::open(path).map_err(StoreError::backend)?;
         Ok(Self {
             pool,
+            key_reader: std::sync::Arc::new(key_reader),
             segments: Default::default(),
         })
     }
@@ -72,9 +81,22 @@ impl SqliteStore {
         migrations::apply(sqlx::migrate!("./migrations/sqlite"), &mut *conn).await
     }
 
-    /// Closes every connection of the pool.
+    /// Closes every connection of the pool, and the key reader.
     pub async fn close(&self) {
+        self.key_reader.close();
         self.pool.close().await;
+    }
+
+    /// The row [`sql::FIND_KEY`] reads for a verify that missed the cache: on the calling
+    /// thread by the key reader, or through the pool when the reader cannot answer at once.
+    async fn find_key_row(&self, digest: &KeyDigest) -> Result<Option<VerifyRow>, sqlx::Error> {
+        if let Some(row) = self.key_reader.find(&digest.bytes) {
+            return Ok(row);
+        }
+        sqlx::query_as(sql::FIND_KEY)
+            .bind(&digest.bytes[..])
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// SQLite cannot signal other processes: their readers poll the change feed.
@@ -95,6 +117,7 @@ crate::vault::impl_vault_store!(SqliteStore);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future as _;
 
     /// A store on a fresh database in a temporary directory (kept alive by the caller).
     async fn opened() -> (tempfile::TempDir, SqliteStore) {
@@ -291,5 +314,99 @@ mod tests {
             assert_eq!(listed.items.len(), 1, "{filter:?}");
             assert_eq!(listed.items[0].time, time);
         }
+    }
+
+    /// A store with one key of one api, and the key.
+    async fn with_a_key() -> (tempfile::TempDir, SqliteStore, Key) {
+        use crate::conformance as c;
+        use keyward_core::Store as _;
+        let (dir, store) = migrated().await;
+        let ws = c::new_workspace(&store).await;
+        let api = c::api(&ws.id, c::T0);
+        store
+            .insert_api(&api)
+            .await
+            .unwrap_or_else(|e| panic!("api: {e}"));
+        let key = c::key(&ws.id, &api.id, None, c::T0);
+        store
+            .insert_key(&key)
+            .await
+            .unwrap_or_else(|e| panic!("key: {e}"));
+        (dir, store, key)
+    }
+
+    /// The store's `find_key`, polled once.
+    fn find_key_at_once(store: &SqliteStore, key: &Key) -> Option<Option<VerifyRecord>> {
+        use keyward_core::Store as _;
+        let mut find = std::pin::pin!(store.find_key(&key.digest));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match find.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(found) => Some(found.unwrap_or_else(|e| panic!("find: {e}"))),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// Every connection of the pool, taken.
+    async fn take_the_pool(store: &SqliteStore) -> Vec<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+        let mut taken = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            taken.push(
+                store
+                    .pool
+                    .acquire()
+                    .await
+                    .unwrap_or_else(|e| panic!("acquire: {e}")),
+            );
+        }
+        taken
+    }
+
+    /// A verify that missed the cache reads its key on the calling thread: with every pool
+    /// connection taken, the first poll still answers.
+    #[tokio::test]
+    async fn a_key_that_missed_the_cache_is_read_without_the_pool() {
+        let (_dir, store, key) = with_a_key().await;
+        let taken = take_the_pool(&store).await;
+        let found = find_key_at_once(&store, &key).expect("answered in the first poll");
+        drop(taken);
+        assert_eq!(found.map(|record| record.key), Some(key));
+    }
+
+    /// While another thread holds the key reader, the pool reads the key, and finds the same
+    /// record (it waits for a free connection rather than for the reader).
+    #[tokio::test]
+    async fn the_pool_reads_the_key_while_the_reader_is_busy() {
+        use keyward_core::Store as _;
+        let (_dir, store, key) = with_a_key().await;
+        let inline = find_key_at_once(&store, &key).expect("reader free: answered at once");
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let reader = std::sync::Arc::clone(&store.key_reader);
+        let holder = std::thread::spawn(move || {
+            let _held = reader.hold();
+            held_tx.send(()).ok();
+            release_rx.recv().ok();
+        });
+        held_rx.recv().expect("the reader is held");
+        let taken = take_the_pool(&store).await;
+        assert!(
+            find_key_at_once(&store, &key).is_none(),
+            "no answer without a pool connection"
+        );
+        drop(taken);
+        let pooled = store.find_key(&key.digest).await;
+        release_tx.send(()).ok();
+        holder.join().expect("holder thread");
+        assert_eq!(pooled.expect("find through the pool"), inline);
+    }
+
+    /// A closed store does not go on answering from its key reader.
+    #[tokio::test]
+    async fn a_closed_store_reads_no_key() {
+        use keyward_core::Store as _;
+        let (_dir, store, key) = with_a_key().await;
+        store.close().await;
+        assert!(store.key_reader.find(&key.digest.bytes).is_none());
+        assert!(store.find_key(&key.digest).await.is_err());
     }
 }

@@ -216,3 +216,37 @@ fn migration_count() -> usize {
         })
         .count()
 }
+
+/// A pooled connection the server dropped while it sat idle is replaced, not handed out
+/// broken: the pool pings a connection idle for longer than half a second before using it.
+#[tokio::test]
+async fn a_connection_dropped_while_idle_is_replaced() {
+    in_fresh_database(|url| async move {
+        let store = PgStore::connect(&url).await.expect("connect");
+        store.ping().await.expect("first query");
+        let database = url
+            .rsplit('/')
+            .next()
+            .and_then(|tail| tail.split('?').next())
+            .expect("the URL names the database")
+            .to_owned();
+        let mut admin = PgConnection::connect(&admin_url()).await.expect("admin");
+        let dropped: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'keyward'",
+        )
+        .bind(&database)
+        .fetch_all(&mut admin)
+        .await
+        .expect("drop the pool's connections");
+        assert!(!dropped.is_empty(), "the pool had a connection to drop");
+        admin.close().await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        store
+            .ping()
+            .await
+            .expect("the dropped connection was replaced");
+        store.close().await;
+    })
+    .await;
+}
