@@ -49,12 +49,10 @@ impl KeyReader {
 
     /// Closes the connection (waiting for a read in progress); reads go to the pool after.
     pub(crate) fn close(&self) {
-        let conn = self
-            .conn
+        self.conn
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        drop(conn);
     }
 
     /// Holds the reader as a read in progress would.
