@@ -13,6 +13,12 @@
 # (its own seed, made by its own bench_seed), for binaries whose schemas differ: a binary
 # refuses a database migrated by a newer one.
 #
+# Each round also runs the harness's `verify` baseline (VERIFY, default
+# $BENCH_WORK/target/release/verify, with the harness's settings), a bare implementation of the
+# same request (JSON body, SHA-256, a 1M-key map, a token bucket, a JSON verdict) without what
+# keyward adds (root-key authentication, request ids, the access log); VERIFY=none skips it. At
+# the end, the median per-round ratios of each keyward binary to hello-post and to that floor.
+#
 # AB=gw-reject compares the binaries' gateway reject path instead (unknown keys -> 401, as
 # the keyward-gw-reject target), on the harness's gateway copy (GW_DIR, default
 # /dev/shm/kw-bench-gw, whose gateway.toml fixes the port), without a baseline.
@@ -24,6 +30,9 @@ HELLO="${HELLO:-$BENCH_WORK/target/release/hello}"
 SEED="${SEED:-/dev/shm/kw-bench-seed}"
 PORT="${PORT:-18140}"
 LUA=/work/shared/bench/load/keys.lua
+VERIFY="${VERIFY:-$BENCH_WORK/target/release/verify}"
+RESULTS=$(mktemp)
+trap 'rm -f "$RESULTS"' EXIT
 
 run() { # name, command...
     local name=$1; shift
@@ -42,6 +51,7 @@ run() { # name, command...
     rps=$(awk '/Requests\/sec/ {print $2}' /tmp/ab-verify.wrk)
     p50=$(awk '$1 == "50%" {print $2}' /tmp/ab-verify.wrk)
     p99=$(awk '$1 == "99%" {print $2}' /tmp/ab-verify.wrk)
+    echo "$round $name $rps" >>"$RESULTS"
     python3 -c "
 rps = float('$rps'); n = rps * 6; tick = 1e6 / 100   # clock ticks of 10 ms
 print('%-12s req/s %8.0f  user %5.2f us  sys %5.2f us  total %5.2f us  p50 %8s  p99 %8s' % (
@@ -53,8 +63,8 @@ if [[ "${AB:-verify}" == gw-reject ]]; then
     GW_DIR="${GW_DIR:-/dev/shm/kw-bench-gw}"
     PORT=$(sed -n 's/^listen = "127.0.0.1:\([0-9]*\)"/\1/p' "$GW_DIR/gateway.toml")
     export KEYS_FILE="$GW_DIR/unknown_keys.txt" LOAD_MODE=header
-    for r in $(seq "$rounds"); do
-        echo "round $r"
+    for round in $(seq "$rounds"); do
+        echo "round $round"
         i=0
         for bin in "$@"; do
             i=$((i + 1))
@@ -67,10 +77,14 @@ fi
 
 export KEYS_FILE LOAD_MODE=json LOAD_AUTH
 seeds=("$SEED" "${SEED_2:-$SEED}")
-for r in $(seq "$rounds"); do
-    echo "round $r"
+for round in $(seq "$rounds"); do
+    echo "round $round"
     KEYS_FILE="$SEED/load_keys.txt" LOAD_AUTH="$(cat "$SEED/root_key.txt")"
     LOAD_PATH=/v1/verify run hello-post "$HELLO" "127.0.0.1:$PORT"
+    if [[ "$VERIFY" != none ]]; then
+        LOAD_PATH=/v1/verify run verify-floor env KW_THREADS=1 KW_KEYS=1000000 KW_RATE=1000 \
+            KW_BURST=1000 "$VERIFY" "127.0.0.1:$PORT"
+    fi
     i=0
     for bin in "$@"; do
         seed=${seeds[$i]:-$SEED}
@@ -80,3 +94,17 @@ for r in $(seq "$rounds"); do
             -u KEYWARD_PEPPER_FILE "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$seed" --workers 1
     done
 done
+python3 - "$RESULTS" <<'PY'
+import collections, statistics, sys
+rps = collections.defaultdict(dict)
+for line in open(sys.argv[1]):
+    r, name, value = line.split()
+    rps[r][name] = float(value)
+names = sorted({n for by in rps.values() for n in by if n.startswith("keyward-")})
+for base in ("hello-post", "verify-floor"):
+    for name in names:
+        ratios = [by[name] / by[base] for by in rps.values() if name in by and by.get(base)]
+        if ratios:
+            print("%-10s / %-12s median %.3f  per round %s" % (
+                name, base, statistics.median(ratios), " ".join("%.2f" % x for x in ratios)))
+PY
